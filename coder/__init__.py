@@ -1,0 +1,1 @@
+"""coder: data sets, prompts, models, training, retrieval and metrics for prompt-based ICD coding."""

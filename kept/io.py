@@ -12,6 +12,18 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _public(path: Path, mode: int) -> None:
+    # mkstemp/mkdtemp create 0600/0700 for safety while writing; the finished file should carry
+    # the permissions an ordinary open() would have given it.
+    os.chmod(path, mode & ~_umask())
+
+
 def open_text(path: str | Path, encoding: str = "utf-8") -> IO[str]:
     """Open a text file for reading, gunzipping `.gz` files on the fly."""
     p = Path(path)
@@ -33,6 +45,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            _public(tmp_path, 0o666)
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -56,6 +70,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _public(tmp, 0o777)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,264 @@
+"""MIMIC-III v1.4 -> the kept data-set layout (MIMIC-III-full, -50 and -rare50), the CAML way.
+
+One document per admission (HADM_ID): its discharge summaries (NOTEEVENTS category
+"Discharge summary"), the "Report" first and any "Addendum" after it, each group by CHARTDATE,
+concatenated; labels are the admission's diagnosis then procedure codes (DIAGNOSES_ICD,
+PROCEDURES_ICD, SEQ_NUM order, duplicates removed) with their dots restored by kind: `4019` ->
+`401.9`, `E8788` -> `E878.8`, procedure `9671` -> `96.71` (diagnosis `9671` is `967.1`).
+
+Nothing is dropped silently: every skipped row or document is counted, logged and written to
+`dataset.json` under "warnings".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from coder.datasets import SPLITS, Document, derive_sets, seeded_split, write_dataset
+from coder.notes import preprocess
+from kept.errors import InputFileError, KeptError
+from kgraph.codes import DX, PROC, normalize_code
+from kgraph.icd9 import bundled_descriptions
+
+log = logging.getLogger(__name__)
+
+NOTE_COLUMNS = ["ROW_ID", "SUBJECT_ID", "HADM_ID", "CHARTDATE", "CHARTTIME", "STORETIME",
+                "CATEGORY", "DESCRIPTION", "CGID", "ISERROR", "TEXT"]
+CODE_COLUMNS = ["ROW_ID", "SUBJECT_ID", "HADM_ID", "SEQ_NUM", "ICD9_CODE"]
+NOTE_USED = ["ROW_ID", "SUBJECT_ID", "HADM_ID", "CHARTDATE", "CATEGORY", "DESCRIPTION", "ISERROR",
+             "TEXT"]
+DISCHARGE = "discharge summary"
+# CAML's split id files, one HADM_ID a line, no header.
+SPLIT_FILES = {(size, s): f"{s}_{size}_hadm_ids.csv" for size in ("full", "50") for s in SPLITS}
+# CAML's full split sizes 47,723 / 1,631 / 3,372, as fractions, for the seeded fallback split.
+CAML_FRACTIONS = (0.905, 0.031, 0.064)
+
+
+@dataclass
+class MimicConfig:
+    seed: int = 0
+    lowercase: bool = True  # KEPT lower-cases notes
+    top_n: int = 50
+    rare_n: int = 50
+    rare_max_count: int = 10  # the paper: codes with < 10 occurrences
+    rare_min_train: int = 1  # train shots a rare code needs (the paper's rule: 1)
+    rare_exclude: tuple[str, ...] = ()
+    chunksize: int = 20_000  # NOTEEVENTS rows per chunk: the real file is ~4 GB
+    fractions: tuple[float, float, float] = CAML_FRACTIONS
+    progress: bool = True
+
+
+@dataclass
+class Issues:
+    """Counted warnings, with a few examples each (file:line or id) for the report."""
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    info: Counter = field(default_factory=Counter)
+
+    def add(self, kind: str, example: str = "") -> None:
+        self.counts[kind] += 1
+        if example and len(self.examples[kind]) < 5:
+            self.examples[kind].append(example)
+
+    def note(self, kind: str, n: int = 1) -> None:
+        """Count something worth reporting that is not a problem (e.g. addenda merged)."""
+        self.info[kind] += n
+
+    def report(self) -> dict:
+        return {k: {"count": n, "examples": self.examples.get(k, [])}
+                for k, n in sorted(self.counts.items()) if n}
+
+
+def find_table(mimic_dir: Path, name: str) -> Path:
+    """`NAME.csv` or `NAME.csv.gz` in `mimic_dir`."""
+    for suffix in (".csv", ".csv.gz"):
+        p = mimic_dir / f"{name}{suffix}"
+        if p.is_file():
+            return p
+    raise InputFileError(mimic_dir / f"{name}.csv", f"file not found (expected MIMIC-III v1.4 "
+                                                    f"{name}.csv or {name}.csv.gz)")
+
+
+def _check_columns(path: Path, expected: list[str]) -> None:
+    try:
+        header = list(pd.read_csv(path, nrows=0).columns)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputFileError(path, f"not a readable CSV: {exc}", line=1) from exc
+    missing = [c for c in expected if c not in header]
+    if missing:
+        raise InputFileError(path, f"missing columns {missing}; MIMIC-III v1.4 has {expected}",
+                             line=1)
+
+
+def read_code_table(path: Path, kind: str, issues: Issues) -> dict[str, list[str]]:
+    """HADM_ID -> dotted codes in SEQ_NUM order, from DIAGNOSES_ICD or PROCEDURES_ICD."""
+    _check_columns(path, CODE_COLUMNS)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=CODE_COLUMNS)
+    except pd.errors.ParserError as exc:
+        raise InputFileError(path, f"malformed CSV: {exc}") from exc
+    known = bundled_descriptions()
+    df["_line"] = df.index + 2  # header is line 1; these tables have no multi-line fields
+    df["_seq"] = pd.to_numeric(df["SEQ_NUM"], errors="coerce")
+    df = df.sort_values(["HADM_ID", "_seq", "_line"], kind="stable")
+    out: dict[str, list[str]] = defaultdict(list)
+    for hadm, raw, line in zip(df["HADM_ID"], df["ICD9_CODE"], df["_line"]):
+        where = f"{path.name}:{line}"
+        if not hadm.strip():
+            issues.add(f"{kind}_row_without_hadm_id", where)
+            continue
+        if not raw.strip():
+            issues.add(f"{kind}_row_without_code", where)  # MIMIC has a few of these
+            continue
+        try:
+            code = normalize_code(raw, kind=kind)
+        except KeptError:
+            issues.add(f"{kind}_malformed_code", f"{where} {raw!r}")
+            continue
+        if code not in known:
+            issues.add(f"{kind}_code_not_in_icd9cm_v32_kept", f"{where} {code}")
+        codes = out[hadm.strip()]
+        if code not in codes:
+            codes.append(code)
+    return dict(out)
+
+
+def read_discharge_summaries(path: Path, issues: Issues, lowercase: bool = True,
+                             chunksize: int = 20_000, progress: bool = True
+                             ) -> dict[str, tuple[str, str]]:
+    """HADM_ID -> (SUBJECT_ID, preprocessed text): reports first, addenda after, by CHARTDATE."""
+    _check_columns(path, NOTE_USED)  # the others (CHARTTIME, CGID...) are not needed
+    parts: dict[str, list[tuple[int, str, int, str]]] = defaultdict(list)
+    subjects: dict[str, str] = {}
+    reader = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=NOTE_USED,
+                         chunksize=chunksize)
+    bar = tqdm(desc=f"reading {path.name}", unit=" notes", disable=not progress)
+    try:
+        for chunk in reader:
+            bar.update(len(chunk))
+            chunk = chunk[chunk["CATEGORY"].str.strip().str.lower() == DISCHARGE]
+            for row in chunk.itertuples(index=False):
+                where = f"ROW_ID {row.ROW_ID}"
+                if row.ISERROR.strip() == "1":
+                    issues.add("note_marked_iserror_dropped", where)
+                    continue
+                hadm = row.HADM_ID.strip()
+                if not hadm:
+                    issues.add("note_without_hadm_id_dropped", where)
+                    continue
+                addendum = 0 if row.DESCRIPTION.strip().lower() == "report" else 1
+                rid = int(row.ROW_ID) if row.ROW_ID.strip().isdigit() else 0
+                parts[hadm].append((addendum, row.CHARTDATE, rid, preprocess(row.TEXT, lowercase)))
+                subjects.setdefault(hadm, row.SUBJECT_ID.strip())
+    except pd.errors.ParserError as exc:
+        raise InputFileError(path, f"malformed CSV: {exc}") from exc
+    finally:
+        bar.close()
+    notes = {}
+    for hadm, items in parts.items():
+        text = " ".join(t for *_, t in sorted(items) if t)
+        if not text:
+            issues.add("empty_discharge_summary_dropped", f"HADM_ID {hadm}")
+            continue
+        if len(items) > 1:
+            issues.note("admissions_with_addenda_concatenated")
+        notes[hadm] = (subjects[hadm], text)
+    return notes
+
+
+def read_split_ids(splits_dir: Path, size: str) -> dict[str, list[str]] | None:
+    """CAML's id lists for `size` ("full" or "50"); None if none of its files is there."""
+    paths = {s: splits_dir / SPLIT_FILES[(size, s)] for s in SPLITS}
+    present = [p for p in paths.values() if p.is_file()]
+    if not present:
+        return None
+    if len(present) < len(paths):
+        missing = [p.name for p in paths.values() if not p.is_file()]
+        raise InputFileError(splits_dir, f"incomplete {size} split files: missing {missing}")
+    out = {}
+    for s, p in paths.items():
+        ids = []
+        with open(p, encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                v = line.strip().strip(",")
+                if not v:
+                    continue
+                if not v.isdigit():
+                    if i == 1 and not ids:
+                        continue  # tolerate a header line
+                    raise InputFileError(p, f"expected one HADM_ID per line, got {v!r}", line=i)
+                ids.append(v)
+        out[s] = ids
+    return out
+
+
+def _docs_for(ids: list[str], docs: dict[str, Document], issues: Issues, label: str
+              ) -> list[Document]:
+    out = []
+    for h in ids:
+        if h in docs:
+            out.append(docs[h])
+        else:
+            issues.add(f"{label}_split_id_without_document", f"HADM_ID {h}")
+    return out
+
+
+def prepare_mimic(mimic_dir: str | Path, out_dir: str | Path, splits_dir: str | Path | None = None,
+                  config: MimicConfig | None = None) -> dict:
+    """Build MIMIC-III-full, -50 and -rare50 under `out_dir`; returns what dataset.json holds."""
+    cfg = config or MimicConfig()
+    mimic_dir = Path(mimic_dir)
+    if not mimic_dir.is_dir():
+        raise InputFileError(mimic_dir, "directory not found (expected the MIMIC-III v1.4 files)")
+    issues = Issues()
+    labels: dict[str, list[str]] = defaultdict(list)
+    for name, kind in (("DIAGNOSES_ICD", DX), ("PROCEDURES_ICD", PROC)):
+        for hadm, codes in read_code_table(find_table(mimic_dir, name), kind, issues).items():
+            labels[hadm].extend(codes)
+    notes = read_discharge_summaries(find_table(mimic_dir, "NOTEEVENTS"), issues, cfg.lowercase,
+                                     cfg.chunksize, cfg.progress)
+    docs: dict[str, Document] = {}
+    for hadm, (subject, text) in notes.items():
+        if hadm not in labels:
+            issues.add("document_without_codes_kept_with_no_labels", f"HADM_ID {hadm}")
+        docs[hadm] = Document(subject, hadm, text, list(labels.get(hadm, [])))
+    issues.counts["admissions_with_codes_but_no_discharge_summary"] += len(set(labels) - set(docs))
+
+    split_rule = "seeded patient-level split (no CAML split files given)"
+    splits_50 = None
+    full_ids = read_split_ids(Path(splits_dir), "full") if splits_dir is not None else None
+    if splits_dir is not None and full_ids is None:
+        raise InputFileError(splits_dir, f"no CAML split files found (expected "
+                                         f"{[SPLIT_FILES[('full', s)] for s in SPLITS]})")
+    if full_ids is not None:
+        split_rule = f"CAML/MSMN split id files from {Path(splits_dir).name}"
+        splits = {s: _docs_for(full_ids[s], docs, issues, "full") for s in SPLITS}
+        unused = set(docs) - {h for ids in full_ids.values() for h in ids}
+        issues.note("documents_in_no_split_file", len(unused))
+        ids_50 = read_split_ids(Path(splits_dir), "50")
+        if ids_50 is not None:
+            splits_50 = {s: _docs_for(ids_50[s], docs, issues, "50") for s in SPLITS}
+    else:
+        splits = seeded_split(list(docs.values()), cfg.fractions, cfg.seed, by_subject=True)
+    for kind, n in sorted(issues.counts.items()):
+        if n:
+            ex = issues.examples.get(kind)
+            log.warning("%s: %d%s", kind, n, f" (e.g. {', '.join(ex)})" if ex else "")
+    sets = derive_sets(splits, top_n=cfg.top_n, rare_n=cfg.rare_n, rare_max_count=cfg.rare_max_count,
+                       rare_exclude=cfg.rare_exclude, seed=cfg.seed,
+                       rare_min_train=cfg.rare_min_train, splits_50=splits_50)
+    meta = {"source": "mimic-iii", "seed": cfg.seed, "split_rule": split_rule,
+            "top50_rule": f"{cfg.top_n} most frequent codes over train+dev+test (CAML)",
+            "rare50_rule": (f"codes with < {cfg.rare_max_count} occurrences in train+dev+test that "
+                            f"occur in train (>= {cfg.rare_min_train}) and test, minus "
+                            f"{len(cfg.rare_exclude)} excluded, "
+                            f"ranked by test/train ratio, ties by seeded shuffle, top {cfg.rare_n}"),
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+            "warnings": issues.report(), "info": dict(sorted(issues.info.items()))}
+    return write_dataset(out_dir, sets, meta)

@@ -18,7 +18,7 @@ def load_config(cls, path: str | None, section: str, overrides: dict):
     then the command-line values that were given."""
     values: dict = {}
     if path:
-        import tomllib
+        from kept.toml import tomllib
 
         p = Path(path)
         if not p.is_file():

@@ -1,0 +1,136 @@
+"""`kept model longify` and `kept coder train|eval|predict`: thin argument parsing over plain functions."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+
+def cmd_longify(args: argparse.Namespace) -> int:
+    from coder.longify import longify
+
+    out = longify(args.model, args.out, max_length=args.max_length, attention_window=args.attention_window)
+    print(f"wrote {out} (Longformer MLM, {args.max_length} tokens, window {args.attention_window})")
+    return 0
+
+
+def _config(args: argparse.Namespace):
+    from coder.modeling import load_config
+
+    verbalizer = tuple(w.strip() for w in args.verbalizer.split(",")) if args.verbalizer else None
+    return load_config(
+        args.config, head=args.head, template=args.template, prompt_codes=args.prompt_codes,
+        global_stride=args.global_stride, max_length=args.max_length, verbalizer=verbalizer,
+        train_mode=args.train, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        eval_batch_size=args.eval_batch_size, lr=args.lr, precision=args.precision,
+        gradient_checkpointing=args.gradient_checkpointing, device=args.device, seed=args.seed, graph=args.graph)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from coder.train import train_coder
+
+    summary = train_coder(args.data, args.model, args.out, _config(args), resume=args.resume,
+                          max_docs=args.max_docs)
+    print(f"best dev micro-F1 {summary['best_dev_micro_f1']:.4f} after {summary['epochs']} evaluation(s); "
+          f"checkpoint {summary['best']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from coder.evaluate import evaluate_checkpoint, format_table
+
+    ks = tuple(int(k) for k in args.ks.split(","))
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, ks=ks,
+                                 system=args.system, device=args.device, max_docs=args.max_docs)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(format_table(result["metrics"], f"{result['system']} on {result['dataset']}/{args.split} "
+                                              f"(threshold {result['threshold']:.3f} tuned on dev; macro over "
+                                              f"{result['metrics']['n_codes_macro']} codes with a positive)"))
+        print(f"wrote {args.out}/metrics.json and {args.out}/{args.split}_scores.npz")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from coder.evaluate import load_coder
+    from coder.predict import format_predictions, predict_note, read_note
+
+    coder = load_coder(args.checkpoint, args.device)
+    preds = predict_note(coder, read_note(args.note), threshold=args.threshold, top=args.top)
+    print(format_predictions(preds, coder.threshold if args.threshold is None else args.threshold))
+    return 0
+
+
+def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
+    """train / eval / predict; other modules add theirs to the same `coder_sub`."""
+    p = coder_sub.add_parser("train", help="fine-tune the prompted coder (or the label-attention baseline)")
+    p.add_argument("--data", required=True, help="set directory (e.g. DATA/50) with train/dev csv and codes.txt")
+    p.add_argument("--model", required=True, help="masked-LM checkpoint folder (e.g. from `kept model longify`)")
+    p.add_argument("--out", required=True, help="output folder: best/ (the coder), last/ (resume), history.json")
+    p.add_argument("--config", help="TOML file of CoderConfig fields; flags override it")
+    p.add_argument("--head", choices=("prompt", "label-attention"))
+    p.add_argument("--template", choices=("paper", "kept"))
+    p.add_argument("--prompt-codes", type=int, help="codes per prompt (default 50)")
+    p.add_argument("--global-stride", type=int, help="global attention on every s-th prompt token (default 1)")
+    p.add_argument("--max-length", type=int, help="input tokens (default: the model's limit)")
+    p.add_argument("--verbalizer", help="positive,negative words (default yes,no)")
+    p.add_argument("--train", choices=("all", "lm-head", "first-layer", "last-layer"), help="what to tune")
+    p.add_argument("--epochs", type=int, help="0 = zero-shot evaluation on dev (default 20)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--graph", help="graph folder for code descriptions (default: bundled ICD-9 titles)")
+    p.add_argument("--max-docs", type=int, help="use only the first N train and dev notes (smoke runs)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.set_defaults(func=cmd_train)
+
+    p = coder_sub.add_parser("eval", help="metrics of a trained coder on a split (threshold tuned on dev)")
+    p.add_argument("--checkpoint", required=True, help="a coder folder (OUT/best of `kept coder train`)")
+    p.add_argument("--data", required=True, help="set directory")
+    p.add_argument("--out", required=True, help="run folder for metrics.json and <split>_scores.npz")
+    p.add_argument("--split", default="test", choices=("dev", "test"))
+    p.add_argument("--ks", default="5,8,15", help="k of P@k and R@k, comma-separated")
+    p.add_argument("--system", help="system name in metrics.json (default kept-prompt / label-attention)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-docs", type=int, help="score only the first N notes")
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of the table")
+    p.set_defaults(func=cmd_eval)
+
+    p = coder_sub.add_parser("predict", help="codes of one note, with probabilities and descriptions")
+    p.add_argument("note", help="a plain-text note file")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--threshold", type=float, help="default: the dev-tuned threshold of the checkpoint")
+    p.add_argument("--top", type=int, help="print at most this many codes")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    model = subparsers.add_parser("model", help="prepare language models (longify)")
+    model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND")
+    p = model_sub.add_parser("longify", help="BERT/RoBERTa MLM -> Longformer MLM (positions tiled)")
+    p.add_argument("--model", required=True, help="source checkpoint folder")
+    p.add_argument("--max-length", type=int, default=4096, help="tokens of the long model (e.g. 4096, 8192)")
+    p.add_argument("--attention-window", type=int, default=512, help="sliding window, even (default 512)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_longify)
+    model.set_defaults(func=lambda a: model.print_help() or 2)
+
+    coder = subparsers.add_parser("coder", help="train, evaluate and apply the prompted ICD coder")
+    coder_sub = coder.add_subparsers(dest="coder_command", metavar="COMMAND")
+    add_coder_commands(coder_sub)
+    try:  # retrieval/rerank commands live in their own module, when it exists
+        retrieval = importlib.import_module("coder.retrieval_cli")
+    except ModuleNotFoundError as exc:
+        if exc.name != "coder.retrieval_cli":
+            raise
+    else:
+        retrieval.register(coder_sub)
+    coder.set_defaults(func=lambda a: coder.print_help() or 2)

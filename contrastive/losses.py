@@ -1,0 +1,115 @@
+"""HSAP losses over the embeddings of one batch and its mined triplets (the trainer takes either).
+
+`HierarchicalTripletLoss` is KEPT's eq. 3-4: angular distance d = arccos(cos), per-triplet hinge
+max(0, m - d(a, neg) + d(a, pos)) with margin pi/2 (parent), pi/2 + arccos(|cos(a, neg)|) (sibling),
+pi (inter-class), summed and divided by 2N. `InfoNCELoss` is the ablation (paper Table A.3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contrastive.triplets import INTER, KINDS, PARENT, SIBLING, Triplets
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    # kind -> (sum of per-triplet losses, number of triplets), detached: for logging per kind.
+    per_kind: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+
+def safe_arccos(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """arccos with its argument clamped to [-1+eps, 1-eps]: arccos' gradient is infinite at +-1, and
+    float rounding puts the cosine of two equal vectors just above 1 (NaN without the clamp)."""
+    return torch.arccos(x.clamp(-1.0 + eps, 1.0 - eps))
+
+
+def cosine_matrix(emb: torch.Tensor) -> torch.Tensor:
+    # float32 whatever the autocast dtype: bf16 cosines near 1 are too coarse for arccos.
+    e = F.normalize(emb.float(), dim=-1)
+    return e @ e.T
+
+
+def _index(t: Triplets, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.as_tensor(x, device=device, dtype=torch.long)
+                 for x in (t.anchor, t.positive, t.negative, t.kind))
+
+
+class HierarchicalTripletLoss(nn.Module):
+    """KEPT's minibatch triplet loss with dynamic margin.
+
+    `detach_sibling_margin` (default True): the sibling margin's arccos(|cos(a, neg)|) is treated as
+    a constant. Without the detach, for cos(a, neg) >= 0 the margin equals d(a, neg) itself, the two
+    cancel and a sibling negative gets no gradient at all (the loss is pi/2 + d(a, pos)); for
+    cos < 0 its push is doubled. Detached, the margin is what the paper describes: a per-triplet
+    target in [pi/2, pi] that is smaller for siblings that already look alike.
+    The paper's 1/(2N) normalisation is kept (N = number of triplets in the batch).
+    """
+
+    def __init__(self, parent_margin: float = math.pi / 2, inter_margin: float = math.pi,
+                 detach_sibling_margin: bool = True, eps: float = 1e-6):
+        super().__init__()
+        self.parent_margin, self.inter_margin = parent_margin, inter_margin
+        self.detach_sibling_margin, self.eps = detach_sibling_margin, eps
+
+    def forward(self, emb: torch.Tensor, triplets: Triplets) -> LossOutput:
+        if len(triplets) == 0:
+            return LossOutput(emb.sum() * 0.0, {})
+        a, p, n, kind = _index(triplets, emb.device)
+        cos = cosine_matrix(emb)
+        cos_ap, cos_an = cos[a, p], cos[a, n]
+        d_ap, d_an = safe_arccos(cos_ap, self.eps), safe_arccos(cos_an, self.eps)
+        sib_cos = cos_an.detach() if self.detach_sibling_margin else cos_an
+        sibling_margin = math.pi / 2 + safe_arccos(sib_cos.abs(), self.eps)
+        margin = torch.where(kind == PARENT, torch.full_like(d_an, self.parent_margin),
+                             torch.where(kind == SIBLING, sibling_margin,
+                                         torch.full_like(d_an, self.inter_margin)))
+        per = F.relu(margin - d_an + d_ap)
+        loss = per.sum() / (2 * len(triplets))
+        return LossOutput(loss, _per_kind(per, kind))
+
+
+class InfoNCELoss(nn.Module):
+    """InfoNCE over the same batch: for each (anchor, positive) pair of the mined triplets, the
+    positive against every negative the anchor has in its triplets, cosine / temperature."""
+
+    def __init__(self, temperature: float = 0.05):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, emb: torch.Tensor, triplets: Triplets) -> LossOutput:
+        if len(triplets) == 0:
+            return LossOutput(emb.sum() * 0.0, {})
+        a, p, n, _ = _index(triplets, emb.device)
+        size = emb.shape[0]
+        neg = torch.zeros(size, size, dtype=torch.bool, device=emb.device)
+        neg[a, n] = True
+        pairs = torch.unique(a * size + p)
+        pa, pp = pairs // size, pairs % size
+        logits = cosine_matrix(emb)[pa] / self.temperature        # (pairs, n)
+        keep = neg[pa].clone()
+        keep[torch.arange(len(pairs), device=emb.device), pp] = True
+        logits = logits.masked_fill(~keep, float("-inf"))
+        per = torch.logsumexp(logits, dim=1) - logits[torch.arange(len(pairs), device=emb.device), pp]
+        return LossOutput(per.mean(), {"pair": (float(per.detach().sum()), len(pairs))})
+
+
+def _per_kind(per: torch.Tensor, kind: torch.Tensor) -> dict[str, tuple[float, int]]:
+    per, kind = per.detach(), kind.detach()
+    out = {}
+    for k, name in ((PARENT, "parent"), (SIBLING, "sibling"), (INTER, "inter")):
+        m = kind == k
+        cnt = int(m.sum())
+        if cnt:
+            out[name] = (float(per[m].sum()), cnt)
+    return out
+
+
+LOSSES = {"triplet": HierarchicalTripletLoss, "infonce": InfoNCELoss}
+__all__ = ["HierarchicalTripletLoss", "InfoNCELoss", "LossOutput", "safe_arccos", "LOSSES", "KINDS"]

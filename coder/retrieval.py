@@ -1,0 +1,381 @@
+"""First stage for the full label space: a FAISS index over the embeddings of every term of every
+code, searched with a note's overlapping chunks; hits are aggregated per code into candidates.
+
+Index directory (written whole or not at all):
+    terms.faiss     the FAISS index; row i is the embedding of terms.parquet row i
+    terms.parquet   row -> code, term (surface text), kind (title | synonym | abbreviation)
+    index.json      model path, pooling, dim, index type, max_length, counts
+
+Candidates (`candidates_{split}.parquet`): one row per (note, candidate) with hadm_id (str),
+code (str), score (float32, the aggregated cosine), rank (1 = best), rows in rank order per note.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import networkx as nx
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from coder.embed import Encoder, load_encoder
+from kept.errors import InputFileError, KeptError
+from kept.io import atomic_dir, atomic_path, atomic_write
+
+log = logging.getLogger(__name__)
+
+INDEX_TYPES = ("flat", "hnsw", "ivf")
+AGGREGATIONS = ("max", "mean-top", "logsumexp")
+INDEX_FILE, TERMS_FILE, META_FILE = "terms.faiss", "terms.parquet", "index.json"
+RECALL_KS = (50, 100, 300)
+
+
+@dataclass
+class IndexConfig:
+    """How terms are embedded and indexed. Exact inner product (`flat`) is the default: at ~35k
+    terms it is faster than HNSW and has no recall loss (MODELS.md)."""
+
+    pooling: str = "auto"  # auto (sentence-transformers folders say theirs, else cls) | cls | mean
+    max_length: int = 32  # tokens per term; SapBERT uses 25, ICD long titles rarely need more
+    batch_size: int = 128
+    index_type: str = "flat"  # flat (exact) | hnsw | ivf
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 512
+    ivf_nlist: int = 0  # 0 = about 4 * sqrt(number of terms)
+    ivf_nprobe: int = 32
+    all_codes: bool = False  # index every code node, not only billable leaves (labels are leaves)
+    gpu: bool | None = None  # None = use a GPU when faiss sees one (flat and ivf only)
+    device: str = "auto"  # torch device for the encoder
+
+
+@dataclass
+class TermIndex:
+    """A loaded index: FAISS index, its term table, the code list and row -> code position."""
+
+    index: faiss.Index
+    terms: pd.DataFrame
+    meta: dict
+    codes: list[str] = field(init=False)
+    row_code: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        cat = pd.Categorical(self.terms["code"])
+        self.codes = [str(c) for c in cat.categories]
+        self.row_code = np.asarray(cat.codes, dtype=np.int64)
+
+    @property
+    def max_terms_per_code(self) -> int:
+        return int(np.bincount(self.row_code).max()) if len(self.row_code) else 0
+
+
+# ---------------------------------------------------------------- building
+
+
+def term_table(G: nx.DiGraph, all_codes: bool = False) -> pd.DataFrame:
+    """One row per (code, term): the code's titles, synonyms and abbreviations (kgraph.terms_of)."""
+    from kgraph.query import terms_of
+
+    rows = []
+    for node, d in G.nodes(data=True):
+        if d.get("type") != "code" or not (all_codes or d.get("leaf")):
+            continue
+        seen = set()
+        for t in terms_of(G, node):
+            if t.norm and t.norm not in seen:
+                seen.add(t.norm)
+                rows.append((node, t.text, t.kind))
+        if not seen and d.get("description"):  # no term node: fall back to the title itself
+            rows.append((node, d["description"], "title"))
+    if not rows:
+        raise KeptError("the graph has no codes with terms to index")
+    return pd.DataFrame(rows, columns=["code", "term", "kind"]).sort_values(["code", "kind", "term"],
+                                                                             ignore_index=True)
+
+
+def use_gpu(wanted: bool | None) -> bool:
+    n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if wanted and n == 0:
+        raise KeptError("--gpu asked for a GPU index but faiss sees no GPU (install faiss-gpu)")
+    return n > 0 if wanted is None else bool(wanted)
+
+
+def make_index(embs: np.ndarray, config: IndexConfig) -> faiss.Index:
+    """An inner-product FAISS index over unit vectors (inner product = cosine)."""
+    if config.index_type not in INDEX_TYPES:
+        raise KeptError(f"unknown index type {config.index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+    x = np.ascontiguousarray(embs, dtype=np.float32)
+    d = x.shape[1]
+    if config.index_type == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif config.index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = config.hnsw_ef_search
+    else:
+        nlist = config.ivf_nlist or max(1, min(len(x) // 39, int(4 * math.sqrt(len(x)))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+        index.nprobe = min(config.ivf_nprobe, nlist)
+    index.add(x)
+    return index
+
+
+def to_gpu(index: faiss.Index) -> faiss.Index:
+    """The same index on every GPU faiss sees (flat and IVF; HNSW has no GPU version)."""
+    if isinstance(index, faiss.IndexHNSW):
+        log.info("HNSW has no GPU version in faiss: searching on CPU")
+        return index
+    return faiss.index_cpu_to_all_gpus(index)
+
+
+def build_index(model_path: str | Path, out_dir: str | Path, graph: nx.DiGraph | None = None,
+                config: IndexConfig | None = None, progress: bool = True) -> TermIndex:
+    """Embed every term of every (leaf) code and write the index directory `out_dir`."""
+    import kgraph
+
+    config = config or IndexConfig()
+    G = graph if graph is not None else kgraph.build_graph()
+    terms = term_table(G, config.all_codes)
+    encoder = load_encoder(model_path, config.pooling, config.device)
+    t0 = time.perf_counter()
+    # Many codes share a term (short titles, synonyms): embed each distinct text once.
+    unique, inverse = np.unique(terms["term"].to_numpy(dtype=str), return_inverse=True)
+    embs = encoder.encode(list(unique), config.max_length, config.batch_size, progress, "embedding terms")[inverse]
+    t_embed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    index = make_index(embs, config)
+    t_index = time.perf_counter() - t0
+    meta = {"format": 1, "model": str(Path(model_path).resolve()), "pooling": encoder.pooling,
+            "dim": encoder.dim, "index_type": config.index_type, "max_length": config.max_length,
+            "count": int(index.ntotal), "codes": int(terms["code"].nunique()), "all_codes": config.all_codes,
+            "unique_texts": int(len(unique)), "embed_seconds": round(t_embed, 3),
+            "index_seconds": round(t_index, 3), "config": asdict(config)}
+    ti = TermIndex(index, terms, meta)
+    save_index(ti, out_dir)
+    if use_gpu(config.gpu):
+        ti.index = to_gpu(index)
+    log.info("indexed %d terms of %d codes in %.1f s (+%.2f s index)", index.ntotal, meta["codes"], t_embed, t_index)
+    return ti
+
+
+def save_index(ti: TermIndex, out_dir: str | Path) -> None:
+    index = ti.index
+    if "Gpu" in type(index).__name__:  # faiss writes CPU indexes only
+        index = faiss.index_gpu_to_cpu(index)
+    with atomic_dir(out_dir) as tmp:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        ti.terms.to_parquet(tmp / TERMS_FILE, index=False)
+        (tmp / META_FILE).write_text(json.dumps(ti.meta, indent=1), encoding="utf-8")
+
+
+def load_index(index_dir: str | Path, gpu: bool | None = None) -> TermIndex:
+    d = Path(index_dir)
+    for name in (INDEX_FILE, TERMS_FILE, META_FILE):
+        if not (d / name).is_file():
+            raise InputFileError(d / name, "file not found (expected a `kept coder index` directory)")
+    try:
+        meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputFileError(d / META_FILE, f"not valid JSON: {exc.msg}", exc.lineno) from None
+    index = faiss.read_index(str(d / INDEX_FILE))
+    terms = pd.read_parquet(d / TERMS_FILE)
+    if len(terms) != index.ntotal:
+        raise InputFileError(d / TERMS_FILE, f"{len(terms)} rows but the index holds {index.ntotal} vectors")
+    terms["code"] = terms["code"].astype(str)
+    if use_gpu(gpu):
+        index = to_gpu(index)
+    return TermIndex(index, terms, meta)
+
+
+# ---------------------------------------------------------------- searching
+
+
+@dataclass
+class RetrieveConfig:
+    top_k: int = 300  # candidates per note (the paper's stage 1 hands 300 to the reranker)
+    chunk_tokens: int = 128  # note window; see Encoder.chunk_ids for why short
+    chunk_stride: int = 64
+    k_terms: int = 0  # term hits per chunk; 0 = top_k * max terms per code (exact for `max`)
+    max_k_terms: int = 4096  # cap on the automatic k_terms (FAISS's heap cost grows with k)
+    aggregate: str = "max"  # max | mean-top | logsumexp (see aggregate_hits)
+    top_m: int = 3  # chunks averaged by mean-top
+    temperature: float = 0.05  # logsumexp temperature (cosine units)
+    batch_notes: int = 32
+    batch_size: int = 64  # chunks per encoder batch
+
+
+def aggregate_hits(chunk: np.ndarray, code: np.ndarray, sim: np.ndarray, method: str = "max",
+                   top_m: int = 3, temperature: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Per-code scores from one note's hits (chunk index, code index, cosine), best first.
+
+    Within a chunk a code scores its best term (max over terms). Across chunks:
+      max        best chunk: one clear mention is enough (the default; exact under truncation, below)
+      mean-top   sum of the code's `top_m` best chunk scores / top_m (chunks without a hit count 0):
+                 rewards codes mentioned in several places, damps one-off lookalikes
+      logsumexp  T * log(sum over chunks of exp(score / T)): a soft max between the two
+    A sum of per-term scores is not offered: it favours codes with many synonyms.
+    Returns (code indices, scores) sorted by score descending, ties by code index.
+    """
+    if method not in AGGREGATIONS:
+        raise KeptError(f"unknown aggregation {method!r}; choose one of {', '.join(AGGREGATIONS)}")
+    if sim.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    # Max over terms per (chunk, code): sort by key then score descending, keep each key's first.
+    order = np.lexsort((-sim, code, chunk))
+    c, k, s = chunk[order], code[order], sim[order]
+    first = np.r_[True, (c[1:] != c[:-1]) | (k[1:] != k[:-1])]
+    k, s = k[first], s[first].astype(np.float64)
+    order = np.lexsort((-s, k))
+    k, s = k[order], s[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    codes = k[starts]
+    if method == "max":
+        scores = s[starts]
+    elif method == "mean-top":
+        sizes = np.diff(np.r_[starts, len(k)])
+        group = np.repeat(np.arange(len(starts)), sizes)
+        first_m = np.arange(len(k)) - np.repeat(starts, sizes) < top_m  # rows are best-first per code
+        scores = np.bincount(group[first_m], weights=s[first_m], minlength=len(starts)) / top_m
+    else:
+        top = s[starts]  # shift by each code's max for a stable log-sum-exp
+        shifted = np.exp((s - np.repeat(top, np.diff(np.r_[starts, len(k)]))) / temperature)
+        scores = top + temperature * np.log(np.add.reduceat(shifted, starts))
+    best = np.lexsort((codes, -scores))
+    return codes[best], scores[best].astype(np.float32)
+
+
+def search_notes(ti: TermIndex, encoder: Encoder, texts: Sequence[str], config: RetrieveConfig | None = None,
+                 allowed: np.ndarray | None = None, progress: bool = True
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Top-k (code indices into ti.codes, scores) per note; `allowed` masks ti.codes (label space).
+
+    Why k_terms = top_k * (max terms per code) makes `max` exact for the top k: take a true top-k
+    code c whose best pair is (chunk j, term t) with cosine s. Every term scoring above s in chunk j
+    belongs to a code scoring above s, so to one of fewer than k codes, each with at most T terms:
+    fewer than k*T terms outrank t in chunk j, and t is in chunk j's top k*T hits. When a note still
+    yields fewer than top_k codes (few terms hit, or the label-space mask removed many), its chunks
+    are searched again with twice the hits until top_k codes come back or the index is exhausted.
+    """
+    config = config or RetrieveConfig()
+    n_total = int(ti.index.ntotal)
+    k_terms = config.k_terms or min(config.top_k * max(ti.max_terms_per_code, 1), config.max_k_terms)
+    k_terms = max(1, min(k_terms, n_total))
+    want = min(config.top_k, len(ti.codes) if allowed is None else int(allowed.sum()))
+    results: list[tuple[np.ndarray, np.ndarray]] = []
+    bar = tqdm(total=len(texts), desc="retrieving", disable=not progress, leave=False)
+    for lo in range(0, len(texts), config.batch_notes):
+        batch = texts[lo:lo + config.batch_notes]
+        pieces = [encoder.chunk_ids(t, config.chunk_tokens, config.chunk_stride) for t in batch]
+        owner = np.repeat(np.arange(len(batch)), [len(p) for p in pieces])
+        embs = encoder.encode_ids([p for ps in pieces for p in ps], config.batch_size)
+        sims, ids = ti.index.search(embs, k_terms)
+        for i in range(len(batch)):
+            rows = np.flatnonzero(owner == i)
+            s, r, k = sims[rows], ids[rows], k_terms
+            while True:
+                valid = r >= 0  # HNSW / IVF pad short result lists with -1
+                chunk = np.broadcast_to(np.arange(len(rows))[:, None], r.shape)[valid]
+                codes, scores = aggregate_hits(chunk, ti.row_code[r[valid]], s[valid], config.aggregate,
+                                               config.top_m, config.temperature)
+                if allowed is not None:
+                    keep = allowed[codes]
+                    codes, scores = codes[keep], scores[keep]
+                if len(codes) >= want or k >= n_total:
+                    break
+                k = min(2 * k, n_total)
+                s, r = ti.index.search(embs[rows], k)
+            results.append((codes[:want], scores[:want]))
+        bar.update(len(batch))
+    bar.close()
+    return results
+
+
+def recall_at_k(gold: Sequence[Sequence[str]], ranked: Sequence[Sequence[str]],
+                ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """Candidate recall: `recall@k` = gold codes inside their note's top k / all gold codes (pooled);
+    `doc_recall@k` = the same share per note, averaged over notes with >= 1 gold code."""
+    out: dict[str, float] = {}
+    total = sum(len(set(g)) for g in gold)
+    for k in ks:
+        hits = [len(set(g) & set(r[:k])) for g, r in zip(gold, ranked)]
+        per_doc = [h / len(set(g)) for h, g in zip(hits, gold) if g]
+        out[f"recall@{k}"] = sum(hits) / total if total else float("nan")
+        out[f"doc_recall@{k}"] = float(np.mean(per_doc)) if per_doc else float("nan")
+    return out
+
+
+def write_candidates(path: str | Path, hadm_ids: Sequence[str], codes: Sequence[Sequence[str]],
+                     scores: Sequence[np.ndarray]) -> Path:
+    n = [len(c) for c in codes]
+    df = pd.DataFrame({
+        "hadm_id": np.repeat(np.asarray(hadm_ids, dtype=str), n),
+        "code": np.concatenate([np.asarray(c, dtype=str) for c in codes]) if codes else np.zeros(0, str),
+        "score": np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32),
+        "rank": np.concatenate([np.arange(1, m + 1, dtype=np.int32) for m in n]) if n else np.zeros(0, np.int32),
+    })
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+    return Path(path)
+
+
+def read_candidates(path: str | Path) -> dict[str, tuple[list[str], np.ndarray]]:
+    """hadm_id -> (codes in rank order, scores)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(p, "file not found (expected candidates from `kept coder retrieve`)")
+    df = pd.read_parquet(p)
+    missing = {"hadm_id", "code", "score", "rank"} - set(df.columns)
+    if missing:
+        raise InputFileError(p, f"missing columns {sorted(missing)}")
+    df = df.astype({"hadm_id": str, "code": str}).sort_values(["hadm_id", "rank"], kind="stable")
+    return {h: (g["code"].tolist(), g["score"].to_numpy(np.float32)) for h, g in df.groupby("hadm_id", sort=False)}
+
+
+def retrieve(index_dir: str | Path, set_dir: str | Path, out_dir: str | Path, config: RetrieveConfig | None = None,
+             splits: Sequence[str] = ("dev", "test"), model: str | Path | None = None,
+             restrict: bool = True, gpu: bool | None = None, device: str = "auto",
+             max_docs: int | None = None, progress: bool = True) -> dict:
+    """Candidates for each split of a set directory, their recall@50/100/300, in `out_dir`.
+
+    `restrict`: rank only the set's own label list (codes.txt), as the full-MIMIC setting does;
+    without it every indexed code competes and gold codes outside the index count as misses.
+    """
+    from coder.datasets import read_codes, read_split
+
+    config = config or RetrieveConfig()
+    ti = load_index(index_dir, gpu)
+    encoder = load_encoder(model or ti.meta["model"], ti.meta["pooling"], device)
+    if encoder.dim != ti.meta["dim"]:
+        raise KeptError(f"encoder dim {encoder.dim} differs from the index's {ti.meta['dim']}")
+    label_space = read_codes(set_dir)
+    allowed = np.isin(np.asarray(ti.codes, dtype=str), label_space) if restrict else None
+    summary = {"index": str(index_dir), "set": str(set_dir), "restrict": restrict, "config": asdict(config),
+               "indexed_codes": len(ti.codes), "label_space": len(label_space),
+               "label_space_indexed": int(allowed.sum()) if allowed is not None else None, "splits": {}}
+    for split in splits:
+        docs = read_split(set_dir, split)[:max_docs]
+        t0 = time.perf_counter()
+        found = search_notes(ti, encoder, [d.text for d in docs], config, allowed, progress)
+        seconds = time.perf_counter() - t0
+        ranked = [[ti.codes[j] for j in codes] for codes, _ in found]
+        write_candidates(Path(out_dir) / f"candidates_{split}.parquet", [d.hadm_id for d in docs], ranked,
+                         [s for _, s in found])
+        gold = [d.labels for d in docs]
+        indexed = set(ti.codes)
+        n_gold = sum(len(set(g)) for g in gold)
+        rec = recall_at_k(gold, ranked, tuple(k for k in RECALL_KS if k <= config.top_k) or (config.top_k,))
+        summary["splits"][split] = {"docs": len(docs), "seconds": round(seconds, 2), **rec,
+                                    "gold_indexed_share": (sum(len(set(g) & indexed) for g in gold) / n_gold
+                                                           if n_gold else float("nan"))}
+        log.info("%s: %d notes in %.1f s; %s", split, len(docs), seconds,
+                 ", ".join(f"{k} {v:.3f}" for k, v in rec.items() if k.startswith("recall")))
+    with atomic_write(Path(out_dir) / "retrieval.json") as fh:
+        json.dump(summary, fh, indent=1)
+    return summary

@@ -7,7 +7,6 @@ L2-normalised: inner product = cosine, which is what the FAISS inner-product ind
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -18,29 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+# One pooling rule for HSAP training and retrieval: terms embedded the way the encoder was trained.
+from contrastive.encoder import POOLINGS, detect_pooling, pool
 from kept.errors import KeptError
 
 log = logging.getLogger(__name__)
-
-POOLINGS = ("auto", "cls", "mean")
-
-
-def detect_pooling(model_path: str | Path) -> str:
-    """`mean` for a sentence-transformers folder that says so (MiniLM), else `cls`.
-
-    HSAP (and SapBERT) train the first token's vector, so `cls` is the default for encoders of
-    this project; sentence-transformers models record their pooling in `1_Pooling/config.json`,
-    and using the other pooling on them costs a lot of retrieval quality.
-    """
-    cfg = Path(model_path) / "1_Pooling" / "config.json"
-    if cfg.is_file():
-        try:
-            info = json.loads(cfg.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return "cls"
-        if info.get("pooling_mode_mean_tokens"):
-            return "mean"
-    return "cls"
 
 
 @dataclass
@@ -64,12 +45,7 @@ class Encoder:
         return model_max_length(self.model.config)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "cls":
-            out = hidden[:, 0]
-        else:
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            out = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return torch.nn.functional.normalize(out.float(), dim=-1)
+        return torch.nn.functional.normalize(pool(hidden, mask, self.pooling).float(), dim=-1)
 
     @torch.no_grad()
     def _run(self, batch: dict[str, torch.Tensor]) -> np.ndarray:

@@ -134,8 +134,12 @@ def _write_run(out: Path, system: str, dataset: str, seed: int, threshold: float
 
 def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | Path,
                checkpoint: str | Path | None = None, k: int = 300, ks: Sequence[int] = (8, 15),
-               device: str = "auto", max_docs: int | None = None, progress: bool = True) -> dict:
+               device: str = "auto", max_docs: int | None = None, progress: bool = True,
+               prompt_codes: int | None = None) -> dict:
     """Stage 1 alone and (with a checkpoint) stage 1 + rerank on a set's test split, threshold from dev.
+
+    `prompt_codes` overrides the checkpoint's codes per prompt: full-label-space descriptions are
+    longer than a -50 set's, so a prompt of 50 of them may leave no room for the note.
 
     Writes OUT/faiss-stage1/ and OUT/faiss+kept-rerank/ (metrics.json + test_scores.npz, the run
     layout `kept report` reads) and OUT/reranked_{dev,test}.parquet; returns {system: metrics.json}.
@@ -156,6 +160,8 @@ def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | P
         from coder.prompts import code_descriptions
 
         coder = load_coder(checkpoint, device)
+        if prompt_codes:
+            coder.config.prompt_codes = prompt_codes
         missing = [c for c in label_space if c not in coder.descriptions]
         descriptions = {**code_descriptions(missing, coder.config.graph), **coder.descriptions}
     per_split: dict[str, dict] = {}
@@ -182,7 +188,8 @@ def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | P
                                              (test["y"], test[system], test["mask"]), ks)
         extra = {"candidates": str(cdir), "top_k": k}
         if system == RERANK_SYSTEM:
-            extra.update(checkpoint=str(checkpoint), rerank_seconds_test=round(test["seconds"], 2))
+            extra.update(checkpoint=str(checkpoint), rerank_seconds_test=round(test["seconds"], 2),
+                         prompt_codes=coder.config.prompt_codes)
         seed = coder.config.seed if (coder is not None and system == RERANK_SYSTEM) else 0
         _write_run(out / system, system, set_dir.name, seed, threshold, source, metrics, test["y"], test[system],
                    [d.hadm_id for d in test["docs"]], label_space, extra)

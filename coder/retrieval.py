@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import faiss
 import networkx as nx
 import numpy as np
 import pandas as pd
@@ -30,7 +29,18 @@ from coder.embed import Encoder, load_encoder
 from kept.errors import InputFileError, KeptError
 from kept.io import atomic_dir, atomic_path, atomic_write
 
+try:
+    import faiss
+except ImportError:  # the `cpu` or `gpu` extra brings it; say which instead of a traceback
+    faiss = None
+
 log = logging.getLogger(__name__)
+
+
+def require_faiss() -> None:
+    if faiss is None:
+        raise KeptError("FAISS is not installed: pip install faiss-cpu (or faiss-gpu on a CUDA machine), "
+                        "or `pip install kept[cpu]` / `kept[gpu]`")
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 AGGREGATIONS = ("max", "mean-top", "logsumexp")
@@ -108,6 +118,7 @@ def use_gpu(wanted: bool | None) -> bool:
 
 
 def make_index(embs: np.ndarray, config: IndexConfig) -> faiss.Index:
+    require_faiss()
     """An inner-product FAISS index over unit vectors (inner product = cosine)."""
     if config.index_type not in INDEX_TYPES:
         raise KeptError(f"unknown index type {config.index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
@@ -176,6 +187,7 @@ def save_index(ti: TermIndex, out_dir: str | Path) -> None:
 
 
 def load_index(index_dir: str | Path, gpu: bool | None = None) -> TermIndex:
+    require_faiss()
     d = Path(index_dir)
     for name in (INDEX_FILE, TERMS_FILE, META_FILE):
         if not (d / name).is_file():

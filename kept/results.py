@@ -30,7 +30,18 @@ def write_table(rows: Sequence[dict], out_dir: str | Path, name: str = "results"
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    """Group rows by (stage, system, dataset, data_source); metrics become columns, in first-seen order."""
+    """One table per stage, rows grouped by (stage, system, dataset, data_source), metrics as columns
+    in first-seen order. Stages get their own tables (under a `### stage` heading when there are
+    several) because their metrics differ: one wide table would be mostly empty cells."""
+    stages = list(dict.fromkeys(r["stage"] for r in rows))
+    parts = []
+    for stage in stages:
+        table = _stage_table([r for r in rows if r["stage"] == stage])
+        parts.append(table if len(stages) == 1 else f"### {stage}\n\n{table}")
+    return "\n".join(parts)
+
+
+def _stage_table(rows: Sequence[dict]) -> str:
     groups: dict[tuple, dict[str, float]] = {}
     metrics: list[str] = []
     for r in rows:

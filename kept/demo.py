@@ -123,7 +123,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             results[name] = evaluate(TermEncoder.load(str(dirs[name]), max_length=32, pooling="auto"), G, es)
             print(f"  {name}: {summary.get('terms_per_s', 0):.0f} terms/s", flush=True)
         for name, res in results.items():
-            print(f"  {name:<36} Acc@1 {res['acc@1']:.3f}  Acc@5 {res['acc@5']:.3f}  MRR {res['mrr']:.3f}  "
+            print(f"  {name:<40} Acc@1 {res['acc@1']:.3f}  Acc@5 {res['acc@5']:.3f}  MRR {res['mrr']:.3f}  "
                   f"sibling share of errors {res['sibling_error_share']:.2f}")
             rows += metric_rows("hsap", name, f"held-out short→long titles ({es_size(es)})", SOURCE_PUBLIC,
                                 res, ["acc@1", "acc@5", "mrr", "sibling_error_share"])

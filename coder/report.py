@@ -292,7 +292,12 @@ def report(paths: Sequence[str | Path], a: str | None = None, b: str | None = No
             if sa not in systems or sb not in systems or not ci_names:
                 continue
             ra, rb = groups[(source, dataset, sa)], groups[(source, dataset, sb)]
-            for row in compare(ra, rb, ci_names, n_boot, seed):
+            # A metric a run leaves out of its metrics.json (full-label AUC after a candidate cut,
+            # coder.rerank) is not recomputed from its scores either.
+            names = [m for m in ci_names if all(m in r.metrics for r in ra + rb)]
+            if not names:
+                continue
+            for row in compare(ra, rb, names, n_boot, seed):
                 comparisons.append({"source": source, "dataset": dataset, "a": sa, "b": sb,
                                     "n_a": len(ra), "n_b": len(rb), **row})
     if a is not None and not any(c["a"] == a and c["b"] == b for c in comparisons) and ci_names:

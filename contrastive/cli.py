@@ -33,6 +33,7 @@ def _train_config(args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in (
         "model", "graph", "out", "loss", "i", "j", "k", "seed", "steps", "grad_accum", "lr", "warmup_ratio",
         "max_length", "pooling", "amp", "temperature", "holdout_fraction", "holdout_seed", "log_every", "save_every",
+        "hard_negatives",
         "device")}
     if args.attached_margin:
         overrides["detach_sibling_margin"] = False
@@ -124,7 +125,7 @@ def register(subparsers) -> None:
     ijk(tr, defaults=False)
     for name, typ in (("steps", int), ("grad-accum", int), ("lr", float), ("warmup-ratio", float),
                       ("max-length", int), ("temperature", float), ("holdout-fraction", float),
-                      ("holdout-seed", int), ("log-every", int), ("save-every", int)):
+                      ("holdout-seed", int), ("log-every", int), ("save-every", int), ("hard-negatives", int)):
         tr.add_argument(f"--{name}", type=typ)
     tr.add_argument("--pooling", choices=["cls", "mean", "auto"],
                     help="term vector: first token (default, as KEPT), mean of tokens, or the model folder's own")

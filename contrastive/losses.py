@@ -50,19 +50,31 @@ class HierarchicalTripletLoss(nn.Module):
     cos < 0 its push is doubled. Detached, the margin is what the paper describes: a per-triplet
     target in [pi/2, pi] that is smaller for siblings that already look alike.
     The paper's 1/(2N) normalisation is kept (N = number of triplets in the batch).
+
+    `hard_negatives` (not in the paper; None = every triplet): keep, for each (anchor, positive)
+    pair, only the `hard_negatives` negatives closest to the anchor. With margins of pi/2..pi
+    almost no hinge ever switches off, so over all triplets the loss is sum(d(a,p) - d(a,n)) and
+    pushes every term from every other with equal weight; mining puts the push where the
+    confusable codes are (docs/contrastive.md has the measurements).
     """
 
     def __init__(self, parent_margin: float = math.pi / 2, inter_margin: float = math.pi,
-                 detach_sibling_margin: bool = True, eps: float = 1e-6):
+                 detach_sibling_margin: bool = True, eps: float = 1e-6, hard_negatives: int | None = None):
         super().__init__()
         self.parent_margin, self.inter_margin = parent_margin, inter_margin
         self.detach_sibling_margin, self.eps = detach_sibling_margin, eps
+        if hard_negatives is not None and hard_negatives < 1:
+            raise ValueError(f"hard_negatives must be >= 1 or None; got {hard_negatives}")
+        self.hard_negatives = hard_negatives
 
     def forward(self, emb: torch.Tensor, triplets: Triplets) -> LossOutput:
         if len(triplets) == 0:
             return LossOutput(emb.sum() * 0.0, {})
         a, p, n, kind = _index(triplets, emb.device)
         cos = cosine_matrix(emb)
+        if self.hard_negatives is not None:
+            keep = hardest_per_pair(a * emb.shape[0] + p, cos[a, n].detach(), self.hard_negatives)
+            a, p, n, kind = a[keep], p[keep], n[keep], kind[keep]
         cos_ap, cos_an = cos[a, p], cos[a, n]
         d_ap, d_an = safe_arccos(cos_ap, self.eps), safe_arccos(cos_an, self.eps)
         sib_cos = cos_an.detach() if self.detach_sibling_margin else cos_an
@@ -71,7 +83,7 @@ class HierarchicalTripletLoss(nn.Module):
                              torch.where(kind == SIBLING, sibling_margin,
                                          torch.full_like(d_an, self.inter_margin)))
         per = F.relu(margin - d_an + d_ap)
-        loss = per.sum() / (2 * len(triplets))
+        loss = per.sum() / (2 * len(a))
         return LossOutput(loss, _per_kind(per, kind))
 
 
@@ -98,6 +110,18 @@ class InfoNCELoss(nn.Module):
         logits = logits.masked_fill(~keep, float("-inf"))
         per = torch.logsumexp(logits, dim=1) - logits[torch.arange(len(pairs), device=emb.device), pp]
         return LossOutput(per.mean(), {"pair": (float(per.detach().sum()), len(pairs))})
+
+
+def hardest_per_pair(pair: torch.Tensor, cos_an: torch.Tensor, h: int) -> torch.Tensor:
+    """Indices of the `h` triplets with the highest cos(anchor, negative) within each pair id."""
+    by_cos = torch.argsort(cos_an, descending=True, stable=True)
+    order = by_cos[torch.argsort(pair[by_cos], stable=True)]  # grouped by pair, hardest first
+    grouped = pair[order]
+    starts = torch.ones_like(grouped, dtype=torch.bool)
+    starts[1:] = grouped[1:] != grouped[:-1]
+    idx = torch.arange(len(order), device=pair.device)
+    group_start = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=0).values
+    return order[(idx - group_start) < h]
 
 
 def _per_kind(per: torch.Tensor, kind: torch.Tensor) -> dict[str, tuple[float, int]]:

@@ -58,6 +58,7 @@ class HSAPConfig:
     amp: str = "auto"                 # auto (bf16/fp16 on GPU, off on CPU) | bf16 | fp16 | none
     temperature: float = 0.05         # InfoNCE only
     detach_sibling_margin: bool = True
+    hard_negatives: int | None = None  # triplet only: keep the N hardest negatives per pair (not in the paper)
     holdout_fraction: float = 0.1
     holdout_seed: int = 0
     log_every: int = 10
@@ -86,6 +87,8 @@ class HSAPConfig:
             raise KeptError(f"loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise KeptError(f"amp must be auto, bf16, fp16 or none; got {self.amp!r}")
+        if self.hard_negatives is not None and self.hard_negatives < 1:
+            raise KeptError(f"hard_negatives must be >= 1; got {self.hard_negatives}")
         if self.steps < 1 or self.grad_accum < 1:
             raise KeptError("steps and grad_accum must be >= 1")
 
@@ -93,7 +96,7 @@ class HSAPConfig:
 def make_loss(cfg: HSAPConfig) -> torch.nn.Module:
     if cfg.loss == "infonce":
         return LOSSES["infonce"](temperature=cfg.temperature)
-    return LOSSES["triplet"](detach_sibling_margin=cfg.detach_sibling_margin)
+    return LOSSES["triplet"](detach_sibling_margin=cfg.detach_sibling_margin, hard_negatives=cfg.hard_negatives)
 
 
 def load_graph_for(path: str | None):

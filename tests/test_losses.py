@@ -94,3 +94,21 @@ def test_empty_triplets_give_zero_loss_with_a_graph():
         out = loss(emb, empty)
         out.loss.backward()
         assert out.loss.item() == 0.0
+
+
+def test_hard_negative_mining_keeps_the_closest_negatives_per_pair():
+    from contrastive.losses import hardest_per_pair
+
+    pair = torch.tensor([7, 3, 7, 7, 3, 7])
+    cos = torch.tensor([0.1, 0.5, 0.9, 0.3, 0.2, 0.8])
+    assert sorted(hardest_per_pair(pair, cos, 2).tolist()) == [1, 2, 4, 5]  # pair 7: 0.9, 0.8; pair 3: both
+    assert sorted(hardest_per_pair(pair, cos, 1).tolist()) == [1, 2]
+    # Mined loss equals the plain loss over the kept triplets only.
+    emb = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    t = Triplets(np.array([0, 0, 0, 1]), np.array([1, 1, 1, 0]), np.array([2, 3, 4, 5]), np.array([2, 1, 2, 0], dtype=np.int8))
+    cos_an = torch.nn.functional.normalize(emb, dim=-1)
+    c = (cos_an[[0, 0, 0, 1]] * cos_an[[2, 3, 4, 5]]).sum(-1)
+    keep = sorted(torch.argsort(c[:3], descending=True)[:1].tolist()) + [3]
+    sub = Triplets(t.anchor[keep], t.positive[keep], t.negative[keep], t.kind[keep])
+    mined = HierarchicalTripletLoss(hard_negatives=1)(emb, t).loss
+    assert torch.allclose(mined, HierarchicalTripletLoss()(emb, sub).loss)

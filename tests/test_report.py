@@ -175,3 +175,17 @@ def test_cli_text_json_and_error(tmp_path, capsys):
     empty.mkdir()
     assert main(["report", "--runs", str(empty)]) == 1
     assert f"kept: error: {empty}: no metrics.json" in capsys.readouterr().err
+
+
+def test_metric_left_out_of_metrics_json_gets_no_ci(tmp_path):
+    """Rerank runs drop full-label AUC (a candidate cut ties every other code at 0): no CI for it."""
+    y, ids = gold()
+    for system, noise in (("faiss-stage1", 0.3), ("faiss+kept-rerank", 0.1)):
+        run = write_run(tmp_path, system, 0, y, noisy(y, 0, noise), ids, dataset="full")
+        meta = json.loads((run / "metrics.json").read_text())
+        for key in ("micro_auc", "macro_auc"):
+            del meta["metrics"][key]
+        (run / "metrics.json").write_text(json.dumps(meta))
+    write_run(tmp_path, "kept-prompt", 0, y, noisy(y, 0, 0.2), ids, dataset="50")  # a run that has AUC
+    res = R.report([tmp_path], a="faiss-stage1", b="faiss+kept-rerank")
+    assert {c["metric"] for c in res["comparisons"]} == {"micro_f1", "macro_f1"}

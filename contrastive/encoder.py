@@ -57,14 +57,31 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-class TermEncoder(nn.Module):
-    """`AutoModel` + `AutoTokenizer`; `forward(texts)` returns (batch, hidden) pooled vectors."""
+def _is_masked_lm(src: str) -> bool:
+    """Whether a checkpoint folder declares a masked-LM architecture (config.json `architectures`)."""
+    cfg = Path(src) / "config.json"
+    try:
+        archs = json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, json.JSONDecodeError):
+        return False
+    return any(a.endswith("ForMaskedLM") for a in archs)
 
-    def __init__(self, model: nn.Module, tokenizer, max_length: int = 25, pooling: str = "cls"):
+
+class TermEncoder(nn.Module):
+    """`AutoModel` + `AutoTokenizer`; `forward(texts)` returns (batch, hidden) pooled vectors.
+
+    A masked-LM checkpoint (Clinical-Longformer, a BERT with its MLM head) is trained through its
+    encoder but saved whole, head included, so `kept coder train` can use the HSAP output directly.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = 25, pooling: str = "cls",
+                 mlm: nn.Module | None = None):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise KeptError(f"pooling must be cls or mean; got {pooling!r}")
         self.model, self.tokenizer, self.max_length, self.pooling = model, tokenizer, max_length, pooling
+        # Not a registered submodule: it shares the encoder's parameters, and only `save` needs it.
+        object.__setattr__(self, "mlm", mlm)
 
     @classmethod
     def load(cls, path_or_id: str | Path | None = None, max_length: int = 25,
@@ -77,10 +94,19 @@ class TermEncoder(nn.Module):
         local_only = os.environ.get("HF_HUB_OFFLINE", "1") not in ("0", "false", "False")
         try:
             tok = AutoTokenizer.from_pretrained(src, local_files_only=local_only)
-            model = AutoModel.from_pretrained(src, local_files_only=local_only)
+            model, mlm = None, None
+            if _is_masked_lm(src):
+                from transformers import AutoModelForMaskedLM
+
+                full, info = AutoModelForMaskedLM.from_pretrained(src, local_files_only=local_only,
+                                                                  output_loading_info=True)
+                if not any(k.startswith(("cls.", "lm_head.")) for k in info.get("missing_keys", ())):
+                    mlm, model = full, full.base_model
+            if model is None:
+                model = AutoModel.from_pretrained(src, local_files_only=local_only)
         except OSError as exc:
             raise KeptError(f"cannot load a Hugging Face encoder from {src!r}: {exc}".splitlines()[0]) from exc
-        return cls(model, tok, max_length, detect_pooling(src) if pooling == "auto" else pooling)
+        return cls(model, tok, max_length, detect_pooling(src) if pooling == "auto" else pooling, mlm)
 
     @property
     def device(self) -> torch.device:
@@ -114,9 +140,10 @@ class TermEncoder(nn.Module):
         return out
 
     def save(self, directory: str | Path) -> None:
-        """`save_pretrained` of the model and the tokenizer into `directory` (must exist)."""
+        """`save_pretrained` of the model (with its MLM head, if it came with one) and the tokenizer
+        into `directory` (must exist)."""
         model = getattr(self.model, "module", self.model)
-        model.save_pretrained(str(directory))
+        (self.mlm if self.mlm is not None else model).save_pretrained(str(directory))
         self.tokenizer.save_pretrained(str(directory))
         # So `pooling="auto"` (here and in `kept coder index`) embeds the way training did.
         (Path(directory) / POOLING_FILE).parent.mkdir(exist_ok=True)

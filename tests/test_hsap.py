@@ -155,3 +155,27 @@ def test_pooling_is_recorded_and_followed(G, tiny, tmp_path):
                      device="cpu"), progress=False)
     assert detect_pooling(tiny) == "cls" and detect_pooling(out) == "mean"
     assert TermEncoder.load(out, pooling="auto").pooling == "mean"
+
+
+def test_masked_lm_checkpoint_keeps_its_head_through_hsap(G, tiny, tmp_path):
+    """HSAP on Clinical-Longformer-style MLM checkpoints: the output still loads as a coder's MLM."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from coder.modeling import load_mlm
+
+    src = tmp_path / "mlm"
+    cfg = BertConfig.from_pretrained(str(tiny))
+    torch.manual_seed(1)
+    BertForMaskedLM(cfg).save_pretrained(str(src))
+    AutoTokenizer.from_pretrained(str(tiny)).save_pretrained(str(src))
+    enc = TermEncoder.load(src)
+    assert enc.mlm is not None and enc.model is enc.mlm.base_model
+    assert TermEncoder.load(tiny).mlm is None  # a bare encoder stays one
+    out = tmp_path / "run"
+    train(HSAPConfig(model=str(src), out=str(out), steps=2, i=2, j=2, k=2, lr=1e-2, save_every=2, device="cpu"),
+          progress=False)
+    before, after = BertForMaskedLM.from_pretrained(str(src)), load_mlm(out)  # load_mlm refuses a missing head
+    emb_b, emb_a = before.bert.embeddings.word_embeddings.weight, after.bert.embeddings.word_embeddings.weight
+    assert not torch.equal(emb_b, emb_a)  # the encoder trained...
+    assert torch.equal(after.cls.predictions.decoder.weight, emb_a)  # ...the decoder is still tied to it
+    assert torch.equal(before.cls.predictions.transform.dense.weight, after.cls.predictions.transform.dense.weight)

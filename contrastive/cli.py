@@ -88,6 +88,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_HELP = {
+    "steps": "optimizer steps (default 1000)",
+    "lr": "AdamW learning rate (default 2e-5)",
+    "max-length": "tokens per term (default 32)",
+    "temperature": "InfoNCE temperature (default 0.05)",
+    "holdout-fraction": "share of 3-digit categories never trained on, for `hsap eval` (default 0.1)",
+    "hard-negatives": "triplet loss: keep only the N closest negatives per (anchor, positive) pair "
+                      "(not in the paper; default: all)",
+}
+
+
 def register(subparsers) -> None:
     def graph_arg(sp):
         sp.add_argument("--graph", help="graph directory from `kept graph build` "
@@ -126,7 +137,7 @@ def register(subparsers) -> None:
     for name, typ in (("steps", int), ("grad-accum", int), ("lr", float), ("warmup-ratio", float),
                       ("max-length", int), ("temperature", float), ("holdout-fraction", float),
                       ("holdout-seed", int), ("log-every", int), ("save-every", int), ("hard-negatives", int)):
-        tr.add_argument(f"--{name}", type=typ)
+        tr.add_argument(f"--{name}", type=typ, help=TRAIN_HELP.get(name))
     tr.add_argument("--pooling", choices=["cls", "mean", "auto"],
                     help="term vector: first token (default, as KEPT), mean of tokens, or the model folder's own")
     tr.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"])

@@ -49,7 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args)
     summary = train(cfg, progress=not args.quiet, resume=args.resume)
-    print(json.dumps({k: v for k, v in summary.items() if k != "levels"}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
+        print(json.dumps({k: v for k, v in summary.items() if k != "levels"}))
     return 0
 
 

@@ -67,6 +67,17 @@ def _is_masked_lm(src: str) -> bool:
     return any(a.endswith("ForMaskedLM") for a in archs)
 
 
+def _bare_encoder(src: str, local_only: bool) -> nn.Module:
+    """AutoModel without its pooler where the architecture has one (BERT, RoBERTa, ...): the pooler
+    never reaches a term vector, and under DDP its parameters, which get no gradient, stop training."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(src, local_files_only=local_only, add_pooling_layer=False)
+    except TypeError:  # architectures without a pooler do not take the argument
+        return AutoModel.from_pretrained(src, local_files_only=local_only)
+
+
 class TermEncoder(nn.Module):
     """`AutoModel` + `AutoTokenizer`; `forward(texts)` returns (batch, hidden) pooled vectors.
 
@@ -86,7 +97,7 @@ class TermEncoder(nn.Module):
     @classmethod
     def load(cls, path_or_id: str | Path | None = None, max_length: int = 25,
              pooling: str = "cls") -> "TermEncoder":
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if pooling not in POOLINGS:
             raise KeptError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
@@ -103,7 +114,7 @@ class TermEncoder(nn.Module):
                 if not any(k.startswith(("cls.", "lm_head.")) for k in info.get("missing_keys", ())):
                     mlm, model = full, full.base_model
             if model is None:
-                model = AutoModel.from_pretrained(src, local_files_only=local_only)
+                model = _bare_encoder(src, local_only)
         except OSError as exc:
             raise KeptError(f"cannot load a Hugging Face encoder from {src!r}: {exc}".splitlines()[0]) from exc
         return cls(model, tok, max_length, detect_pooling(src) if pooling == "auto" else pooling, mlm)

@@ -179,3 +179,23 @@ def test_masked_lm_checkpoint_keeps_its_head_through_hsap(G, tiny, tmp_path):
     assert not torch.equal(emb_b, emb_a)  # the encoder trained...
     assert torch.equal(after.cls.predictions.decoder.weight, emb_a)  # ...the decoder is still tied to it
     assert torch.equal(before.cls.predictions.transform.dense.weight, after.cls.predictions.transform.dense.weight)
+
+
+def test_torchrun_two_processes_train_with_ddp(tiny, tmp_path):
+    """`torchrun --nproc_per_node 2 -m kept hsap train` on CPU (gloo): both ranks step, rank 0 saves."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", "-m", "kept", "hsap", "train", "--model", str(tiny),
+                           "--out", str(out), "--steps", "3", "--i", "2", "--j", "2", "--k", "2", "--device", "cpu",
+                           "--quiet", "--save-every", "3", "--log-every", "1"],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summaries = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert len(summaries) == 1 and summaries[0]["steps"] == 3
+    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert (out / "model.safetensors").is_file()

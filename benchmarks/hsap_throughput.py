@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = _amp_dtype(HSAPConfig(amp=args.amp), device)
-    torch.set_num_threads(torch.get_num_threads())
     G = load_graph_for(None)
     heldout = heldout_split(G, 0.1, 0)
     enc = TermEncoder.load(args.model, max_length=args.max_length)

@@ -8,7 +8,6 @@ L2-normalised: inner product = cosine, which is what the FAISS inner-product ind
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -114,18 +113,14 @@ class Encoder:
 
 def load_encoder(path: str | Path, pooling: str = "auto", device: str = "auto") -> Encoder:
     """Any HF encoder folder (BERT, RoBERTa, Longformer, an MLM checkpoint: its head is dropped)."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from coder.modeling import pick_device
+    from coder.modeling import load_encoder as load_bare_encoder
+    from coder.modeling import load_tokenizer, pick_device
 
     if pooling not in POOLINGS:
         raise KeptError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     p = Path(path)
-    if not (p / "config.json").is_file():
-        raise KeptError(f"{p}: not a Hugging Face checkpoint folder (no config.json; expected an encoder)")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only; never a hub download
-    tokenizer = AutoTokenizer.from_pretrained(str(p))
-    model = AutoModel.from_pretrained(str(p))
+    model = load_bare_encoder(p)  # local folders only, pooler dropped: pooling is ours
+    tokenizer = load_tokenizer(p)
     dev = pick_device(device)
     model.to(dev).eval()
     chosen = detect_pooling(p) if pooling == "auto" else pooling

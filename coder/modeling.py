@@ -61,16 +61,11 @@ def load_mlm(path: str | Path) -> nn.Module:
 
 
 def load_encoder(path: str | Path) -> nn.Module:
-    """The bare encoder of any checkpoint (MLM head, if any, dropped)."""
-    from transformers import AutoModel
+    """The bare encoder of any checkpoint (MLM head and pooler, if any, dropped)."""
+    from contrastive.encoder import bare_encoder
 
     _offline()
-    p = str(_require_dir(path, "an encoder"))
-    from transformers import AutoConfig
-
-    # the pooler is never used here: don't create (and warn about) a random one
-    no_pooler = AutoConfig.from_pretrained(p).model_type in OFFSET_POSITION_TYPES | {"bert"}
-    return AutoModel.from_pretrained(p, add_pooling_layer=False) if no_pooler else AutoModel.from_pretrained(p)
+    return bare_encoder(_require_dir(path, "an encoder"))
 
 
 def model_max_length(config) -> int:

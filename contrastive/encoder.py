@@ -67,15 +67,15 @@ def _is_masked_lm(src: str) -> bool:
     return any(a.endswith("ForMaskedLM") for a in archs)
 
 
-def _bare_encoder(src: str, local_only: bool) -> nn.Module:
+def bare_encoder(src: str | Path, local_only: bool = True) -> nn.Module:
     """AutoModel without its pooler where the architecture has one (BERT, RoBERTa, ...): the pooler
     never reaches a term vector, and under DDP its parameters, which get no gradient, stop training."""
     from transformers import AutoModel
 
     try:
-        return AutoModel.from_pretrained(src, local_files_only=local_only, add_pooling_layer=False)
+        return AutoModel.from_pretrained(str(src), local_files_only=local_only, add_pooling_layer=False)
     except TypeError:  # architectures without a pooler do not take the argument
-        return AutoModel.from_pretrained(src, local_files_only=local_only)
+        return AutoModel.from_pretrained(str(src), local_files_only=local_only)
 
 
 class TermEncoder(nn.Module):
@@ -114,7 +114,7 @@ class TermEncoder(nn.Module):
                 if not any(k.startswith(("cls.", "lm_head.")) for k in info.get("missing_keys", ())):
                     mlm, model = full, full.base_model
             if model is None:
-                model = _bare_encoder(src, local_only)
+                model = bare_encoder(src, local_only)
         except OSError as exc:
             raise KeptError(f"cannot load a Hugging Face encoder from {src!r}: {exc}".splitlines()[0]) from exc
         return cls(model, tok, max_length, detect_pooling(src) if pooling == "auto" else pooling, mlm)

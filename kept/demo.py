@@ -74,7 +74,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     from coder.datasets import read_split
     from coder.evaluate import evaluate_checkpoint
     from coder.longify import longify
-    from coder.metrics import per_code_f1
     from coder.modeling import CoderConfig
     from coder.rerank import run_rerank
     from coder.retrieval import IndexConfig, RetrieveConfig, build_index, retrieve
@@ -85,7 +84,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from contrastive.sampling import BatchSampler, SamplerConfig, heldout_split
     from contrastive.train import HSAPConfig, train
     from contrastive.triplets import export_triplets
-    from kept.results import metric_rows, plot_f1_by_frequency, train_frequency, write_table
+    from kept.results import metric_rows, plot_f1_by_frequency, write_table
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run = Path(cfg.out or Path("runs") / time.strftime("%Y-%m-%d"))
@@ -164,8 +163,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                       f"micro-AUC {m['micro_auc']:.3f}  macro-AUC {m['macro_auc']:.3f}")
                 rows += metric_rows("coder", system, f"synth-{set_name}", SOURCE_SYNTH, m,
                                     ["micro_auc", "macro_auc", "micro_f1", "macro_f1", "macro_f1_mean", "p@5"])
-                plots.setdefault(set_name, {})[system] = _f1_series(out / "eval", train_docs, res["threshold"],
-                                                                      per_code_f1, train_frequency)
+                plots.setdefault(set_name, {})[system] = _f1_series(out / "eval", train_docs, res["threshold"])
 
     with Step(cfg, 7, total, f"FAISS first stage + rerank (top {cfg.rerank_k}) on the full set"):
         index_dir = run / "index"
@@ -201,8 +199,12 @@ def es_size(es) -> str:
     return f"{len(es.queries)} queries × {len(es.candidates)} candidates"
 
 
-def _f1_series(eval_dir: Path, train_docs, threshold: float, per_code_f1, train_frequency):
+def _f1_series(eval_dir: Path, train_docs, threshold: float):
+    """(training frequency, test F1) per code of one evaluated coder, for the plot."""
     import numpy as np
+
+    from coder.metrics import per_code_f1
+    from kept.results import train_frequency
 
     z = np.load(eval_dir / "test_scores.npz", allow_pickle=False)
     codes = [str(c) for c in z["codes"]]

@@ -42,8 +42,8 @@ def _notes(n: int, seed: int) -> list[tuple[str, list[str]]]:
     return out
 
 
-def build_tokenizer(out_dir: Path):
-    """A WordPiece tokenizer trained with `tokenizers` on the tiny world's text (yes/no single tokens)."""
+def wordpiece_tokenizer(corpus: list[str], vocab_size: int, model_max_length: int):
+    """A BERT-style WordPiece tokenizer trained with `tokenizers` on `corpus` (no download)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
 
@@ -52,14 +52,19 @@ def build_tokenizer(out_dir: Path):
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    corpus = [" ".join(tiny_descriptions().values()), " ".join(_CUES.values()), " ".join(_FILLER),
-              "yes no yes no : , . ; true false"] * 20
-    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length)
+
+
+def build_tokenizer(out_dir: Path):
+    """The tiny world's tokenizer, trained on its own text (yes/no single tokens)."""
+    corpus = [" ".join(tiny_descriptions().values()), " ".join(_CUES.values()), " ".join(_FILLER),
+              "yes no yes no : , . ; true false"] * 20
+    fast = wordpiece_tokenizer(corpus, vocab_size=400, model_max_length=512)
     fast.save_pretrained(str(out_dir))
     return fast
 

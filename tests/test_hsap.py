@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import kgraph
+from conftest import wordpiece_tokenizer
 from contrastive.encoder import TermEncoder
 from contrastive.evaluate import eval_set, evaluate
 from contrastive.losses import HierarchicalTripletLoss, InfoNCELoss
@@ -24,23 +25,11 @@ def G():
 
 def _tiny_model(G, out: Path) -> Path:
     """A 2-layer random BERT (hidden 32) with a WordPiece vocabulary trained on ~600 ICD titles."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
 
     titles = [d["description"] for _, d in G.nodes(data=True) if d.get("type") == "code" and d["description"]]
     shorts = [d["short_title"] for _, d in G.nodes(data=True) if d.get("type") == "code" and d.get("short_title")]
-    corpus = titles[::40] + shorts[::40]
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=800, special_tokens=specials))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    fast = wordpiece_tokenizer(titles[::40] + shorts[::40], vocab_size=800, model_max_length=64)
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=64, pad_token_id=0)

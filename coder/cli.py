@@ -39,6 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from coder.evaluate import evaluate_checkpoint, format_table
+    from coder.hierarchy_metrics import TABLE_NAMES
 
     ks = tuple(int(k) for k in args.ks.split(","))
     result = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, ks=ks,
@@ -49,6 +50,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(format_table(result["metrics"], f"{result['system']} on {result['dataset']}/{args.split} "
                                               f"(threshold {result['threshold']:.3f} tuned on dev; macro over "
                                               f"{result['metrics']['n_codes_macro']} codes with a positive)"))
+        hier = result["hierarchical"]
+        print()
+        print(format_table({n: hier["metrics"][n] for n in TABLE_NAMES if n in hier["metrics"]},
+                           f"hierarchical, over graph {hier['graph'] or 'bundled ICD-9-CM'} (all in metrics.json)"))
         print(f"wrote {args.out}/metrics.json and {args.out}/{args.split}_scores.npz")
     return 0
 

@@ -1,5 +1,6 @@
 """Scoring notes against any list of codes with a trained (or zero-shot) coder, and `kept coder eval`:
-test metrics at the dev-tuned threshold, written as metrics.json + test_scores.npz and a table."""
+test metrics at the dev-tuned threshold, written as metrics.json + test_scores.npz and a table.
+metrics.json keeps exact-match figures under "metrics" and graph-aware ones under "hierarchical"."""
 
 from __future__ import annotations
 
@@ -137,6 +138,7 @@ def evaluate_checkpoint(checkpoint: str | Path, set_dir: str | Path, out_dir: st
                         max_docs: int | None = None) -> dict:
     """Score `split` of a set at the checkpoint's dev-tuned threshold; write metrics.json + scores."""
     from coder.datasets import read_codes, read_split
+    from coder.hierarchy_metrics import hierarchical_block
     from coder.metrics import all_metrics
     from coder.prompts import code_descriptions
 
@@ -152,11 +154,13 @@ def evaluate_checkpoint(checkpoint: str | Path, set_dir: str | Path, out_dir: st
                          coder.config, coder.device, progress=True)
     y = label_matrix(docs, codes)
     metrics = all_metrics(y, scores, coder.threshold, ks=tuple(ks))
+    hierarchical = hierarchical_block(y, scores >= coder.threshold, codes, coder.config.graph)
     meta_file = set_dir.parent / "dataset.json"
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     result = {"system": system or SYSTEM_NAMES[coder.config.head], "dataset": set_dir.name, "split": split,
               "seed": coder.config.seed, "threshold": coder.threshold,
-              "data_source": meta.get("source", "unknown"), "checkpoint": str(checkpoint), "metrics": metrics}
+              "data_source": meta.get("source", "unknown"), "checkpoint": str(checkpoint), "metrics": metrics,
+              "hierarchical": hierarchical}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / f"{split}_scores.npz") as tmp:

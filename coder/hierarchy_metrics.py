@@ -40,7 +40,7 @@ from scipy import sparse
 from coder.metrics import _safe_div
 from kgraph.query import ancestors
 
-__all__ = ["LEVELS", "KINDS", "DISTANCES", "SUMMARY_NAMES", "CodePlace", "place", "load_hierarchy",
+__all__ = ["LEVELS", "KINDS", "DISTANCES", "SUMMARY_NAMES", "TABLE_NAMES", "CodePlace", "place", "load_hierarchy",
            "doc_counts", "fp_distances", "prf", "is_bootstrappable", "hierarchical_metrics",
            "hierarchical_block", "weighted_metrics", "sets_to_arrays"]
 
@@ -49,6 +49,9 @@ KINDS = ("dx", "proc")
 DISTANCES = ("sibling", "same_category", "same_section", "same_chapter", "unrelated")
 # What the demo's tables show: one F1 and where the false positives fall.
 SUMMARY_NAMES = ("hier_f1", *(f"fp_share_{d}" for d in DISTANCES))
+# What `kept coder eval` prints (the rest is in metrics.json).
+TABLE_NAMES = ("hier_precision", "hier_recall", "hier_f1", *(f"{f}_f1@{lv}" for f in ("exact", "cophe")
+               for lv in LEVELS[1:]), "n_fp", *(f"fp_share_{d}" for d in DISTANCES))
 
 
 @dataclass(frozen=True)
@@ -246,10 +249,9 @@ def hierarchical_metrics(y_true: np.ndarray, y_pred: np.ndarray, codes: Sequence
 
 def hierarchical_block(y_true: np.ndarray, y_pred: np.ndarray, codes: Sequence[str],
                        graph_dir: str | None = None) -> dict:
-    """The `hierarchical` entry of a run's metrics.json: which graph, and the figures."""
-    G = load_hierarchy(None if graph_dir is None else str(graph_dir))
-    return {"graph": "bundled ICD-9-CM" if graph_dir is None else str(graph_dir),
-            "metrics": hierarchical_metrics(y_true, y_pred, codes, G)}
+    """The `hierarchical` entry of a run's metrics.json: the graph (null = bundled ICD-9-CM) and the figures."""
+    graph = None if graph_dir is None else str(graph_dir)
+    return {"graph": graph, "metrics": hierarchical_metrics(y_true, y_pred, codes, load_hierarchy(graph))}
 
 
 def weighted_metrics(weights: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, codes: Sequence[str],

@@ -11,6 +11,10 @@ pooled per system, not paired run i with run i: the statistic is exactly the dif
 medians the table prints (the paper's Table 3 compares systems by their median), and it stays
 defined when the systems have different numbers of seeds. The CI (2.5th-97.5th percentile) is
 test-sampling uncertainty given the trained runs; the seeds' spread is in the JSON (min, max).
+
+A run's graph-aware figures (metrics.json "hierarchical", coder.hierarchy_metrics) join its table
+under their own names (hier_f1, cophe_f1@category, ...); their P/R/F1 are resampled from
+per-document counts over the graph the run names (null = bundled ICD-9-CM).
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from coder import hierarchy_metrics as H
 from coder import metrics as M
 from kept.errors import InputFileError, KeptError, require_file
 
 DEFAULT_METRICS = ("micro_auc", "macro_auc", "micro_f1", "macro_f1", "macro_f1_mean",
-                   "p@5", "p@8", "p@15", "r@8", "r@15")
-DEFAULT_CI_METRICS = ("micro_f1", "macro_f1", "macro_auc")
+                   "p@5", "p@8", "p@15", "r@8", "r@15", "hier_f1")
+DEFAULT_CI_METRICS = ("micro_f1", "macro_f1", "macro_auc", "hier_f1")
 # Metrics a resample can recompute cheaply from per-document counts. micro_auc is left out: it
 # needs a weighted rank statistic over all n_docs x n_codes scores per replicate.
 _BOOT_FIXED = ("micro_f1", "micro_precision", "micro_recall", "macro_f1", "macro_precision", "macro_recall",
@@ -50,6 +55,7 @@ class Run:
     seed: int
     threshold: float
     metrics: dict[str, float] = field(default_factory=dict)
+    graph: str | None = None  # the graph its hierarchical figures used; None = bundled ICD-9-CM
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -71,10 +77,23 @@ def load_run(metrics_json: Path) -> Run:
             raise InputFileError(metrics_json, f"key {key!r} has the wrong type ({type(data[key]).__name__})")
     if data.get("split", "test") != "test":
         raise InputFileError(metrics_json, f"split is {data['split']!r}; kept report compares test-set runs")
-    values = {k: (float("nan") if v is None else float(v)) for k, v in data["metrics"].items()
-              if v is None or isinstance(v, (int, float))}
+    values = _numbers(data["metrics"])
+    hier = data.get("hierarchical") or {}
+    if not isinstance(hier, dict) or not isinstance(hier.get("metrics", {}), dict):
+        raise InputFileError(metrics_json, "key 'hierarchical' must be an object with a 'metrics' object")
+    # Hierarchical names (hier_*, cophe_*, exact_*@, fp_*) never equal an exact-match name, so one
+    # table can show both; metrics.json keeps them apart.
+    clash = sorted(set(values) & set(hier.get("metrics", {})))
+    if clash:
+        raise InputFileError(metrics_json, f"{', '.join(clash)} both under 'metrics' and 'hierarchical'")
+    values.update(_numbers(hier.get("metrics", {})))
     return Run(Path(metrics_json).parent, data["system"], data["dataset"], str(data.get("data_source", "?")),
-               data["seed"], float(data["threshold"]), values)
+               data["seed"], float(data["threshold"]), values, hier.get("graph"))
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    return {k: (float("nan") if v is None else float(v)) for k, v in metrics.items()
+            if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -229,7 +248,7 @@ def weighted_metrics(weights: np.ndarray, y_true: np.ndarray, y_score: np.ndarra
 
 def bootstrap_ci_supported(name: str) -> bool:
     """Whether `kept report` can put a bootstrap CI on metric `name`."""
-    return name in _BOOT_FIXED or (name[:2] in ("p@", "r@") and name[2:].isdigit())
+    return name in _BOOT_FIXED or (name[:2] in ("p@", "r@") and name[2:].isdigit()) or H.is_bootstrappable(name)
 
 
 def compare(runs_a: Sequence[Run], runs_b: Sequence[Run], names: Sequence[str], n_boot: int = 1000,
@@ -244,7 +263,13 @@ def compare(runs_a: Sequence[Run], runs_b: Sequence[Run], names: Sequence[str], 
     # One run's scores in memory at a time: full MIMIC is 3,372 x 8,692 per run.
     for run in tqdm([*runs_a, *runs_b], desc="bootstrap", leave=False, disable=None):
         scores = ref if run is ref_run else align(load_scores(run), ref, run.path, ref_run.path)
-        per_run.append(weighted_metrics(weights, scores.y_true, scores.y_score, run.threshold, names))
+        values = weighted_metrics(weights, scores.y_true, scores.y_score, run.threshold,
+                                  [n for n in names if not H.is_bootstrappable(n)])
+        hier = [n for n in names if H.is_bootstrappable(n)]
+        if hier:  # per-document counts over the run's own graph, resampled like the rest
+            values.update(H.weighted_metrics(weights, scores.y_true, scores.y_score >= run.threshold, scores.codes,
+                                             H.load_hierarchy(run.graph), hier))
+        per_run.append(values)
     out = []
     for name in names:
         values = np.array([m[name] for m in per_run])  # (runs, 1 + n_boot)

@@ -6,7 +6,7 @@ Codes outside a note's candidates get score 0, so they all tie at the bottom: AU
 label space would mostly measure the first stage's cut (PITFALLS.md). Metrics therefore carry
 `candidate_micro_auc` / `candidate_macro_auc` (over candidate cells only) instead of full-label AUC;
 every other metric (F1, P@k, R@k) is over the whole label space, gold codes missed by the first
-stage counting as misses.
+stage counting as misses. Graph-aware figures (coder.hierarchy_metrics) go under "hierarchical".
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from coder.hierarchy_metrics import SUMMARY_NAMES, hierarchical_block
 from coder.retrieval import read_candidates
 from kept.errors import KeptError
 from kept.io import atomic_path, atomic_write
@@ -181,12 +182,15 @@ def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | P
         per_split[split] = entry
     results = {}
     dev, test = per_split["dev"], per_split["test"]
+    # Both systems are judged on the coder's graph (bundled ICD-9-CM without a coder or a graph).
+    graph = coder.config.graph if coder is not None else None
     for system in (STAGE1_SYSTEM, RERANK_SYSTEM):
         if system not in test:
             continue
         threshold, metrics = evaluate_scores((dev["y"], dev[system], dev["mask"]),
                                              (test["y"], test[system], test["mask"]), ks)
-        extra = {"candidates": str(cdir), "top_k": k}
+        extra = {"candidates": str(cdir), "top_k": k,
+                 "hierarchical": hierarchical_block(test["y"], test[system] >= threshold, label_space, graph)}
         if system == RERANK_SYSTEM:
             extra.update(checkpoint=str(checkpoint), rerank_seconds_test=round(test["seconds"], 2),
                          prompt_codes=coder.config.prompt_codes)
@@ -216,4 +220,7 @@ def format_comparison(results: dict[str, dict], names: Sequence[str] = ("micro_f
     lines = [head, f"{'threshold (dev)':<20}" + "".join(f"{results[s]['threshold']:>20.4f}" for s in systems)]
     for n in names:
         lines.append(f"{n:<20}" + "".join(f"{100 * results[s]['metrics'][n]:>20.2f}" for s in systems))
+    for n in SUMMARY_NAMES:  # graph-aware figures, kept apart in metrics.json
+        lines.append(f"{n:<20}" + "".join(f"{100 * results[s]['hierarchical']['metrics'][n]:>20.2f}"
+                                          for s in systems))
     return "\n".join(lines)

@@ -97,6 +97,12 @@ def test_zero_shot_cli_train_eval_predict(tiny_longformer_dir, tiny_data_dir, tm
                  "--out", str(tmp_path / "ev"), "--ks", "1,3"]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert {"micro_f1", "macro_auc", "p@1", "r@3"} <= set(metrics["metrics"])
+    # graph-aware figures under their own key, over the coder's graph (None = bundled ICD-9-CM)
+    hier = metrics["hierarchical"]
+    assert hier["graph"] is None and not set(hier["metrics"]) & set(metrics["metrics"])
+    assert {"hier_f1", "cophe_f1@category", "exact_f1@chapter.proc", "fp_share_sibling"} <= set(hier["metrics"])
+    assert hier["metrics"]["exact_f1@code"] == pytest.approx(metrics["metrics"]["micro_f1"])
+    assert "hier_f1" in capsys.readouterr().out
     note = tmp_path / "note.txt"
     note.write_text("Admitted with [**Hospital 1**] heart failure, edema; lasix given.", encoding="utf-8")
     capsys.readouterr()

@@ -189,3 +189,49 @@ def test_metric_left_out_of_metrics_json_gets_no_ci(tmp_path):
     write_run(tmp_path, "kept-prompt", 0, y, noisy(y, 0, 0.2), ids, dataset="50")  # a run that has AUC
     res = R.report([tmp_path], a="faiss-stage1", b="faiss+kept-rerank")
     assert {c["metric"] for c in res["comparisons"]} == {"micro_f1", "macro_f1"}
+
+
+def _with_hierarchical(run: Path, graph: str | None = None) -> dict:
+    """Add the `hierarchical` entry kept coder eval writes, computed from the run's own scores."""
+    from coder.hierarchy_metrics import hierarchical_block
+
+    meta = json.loads((run / "metrics.json").read_text())
+    npz = np.load(run / "test_scores.npz")
+    meta["hierarchical"] = hierarchical_block(npz["y_true"], npz["y_score"] >= meta["threshold"],
+                                              npz["codes"].tolist())
+    meta["hierarchical"]["graph"] = graph
+    (run / "metrics.json").write_text(json.dumps(meta))
+    return meta
+
+
+def test_hierarchical_f1_is_shown_and_bootstrapped(tmp_path):
+    y, ids = gold()
+    hier = {}
+    for system, noise in (("a", 0.35), ("b", 0.05)):
+        hier[system] = _with_hierarchical(write_run(tmp_path, system, 0, y, noisy(y, 0, noise), ids))
+    res = R.report([tmp_path], metrics=["micro_f1", "hier_f1", "cophe_f1@category", "fp_share_sibling"], n_boot=50)
+    med = {g["system"]: g["median"] for g in res["groups"]}
+    assert med["a"]["hier_f1"] == hier["a"]["hierarchical"]["metrics"]["hier_f1"]
+    assert med["b"]["fp_share_sibling"] == hier["b"]["hierarchical"]["metrics"]["fp_share_sibling"]
+    comps = {c["metric"]: c for c in res["comparisons"]}
+    assert set(comps) == {"micro_f1", "hier_f1", "cophe_f1@category"}  # FP shares get no CI
+    for name in ("hier_f1", "cophe_f1@category"):
+        want = hier["b"]["hierarchical"]["metrics"][name] - hier["a"]["hierarchical"]["metrics"][name]
+        assert comps[name]["diff"] == pytest.approx(want)  # the row of unit weights is the test set
+        assert comps[name]["ci_low"] <= comps[name]["diff"] <= comps[name]["ci_high"]
+    # hier_f1 is a default column and a default CI when every run has it
+    assert "hier_f1" in R.report([tmp_path], n_boot=10)["ci_metrics"]
+
+
+def test_hierarchical_entry_errors_are_one_line(tmp_path, capsys):
+    y, ids = gold()
+    run = write_run(tmp_path, "a", 0, y, noisy(y, 0, 0.3), ids)
+    meta = _with_hierarchical(run, graph=str(tmp_path / "no-graph"))
+    write_run(tmp_path, "b", 0, y, noisy(y, 1, 0.3), ids)
+    _with_hierarchical(tmp_path / "50-b-seed0", graph=str(tmp_path / "no-graph"))
+    assert main(["report", "--runs", str(tmp_path), "--metric", "hier_f1", "--n-boot", "5"]) == 1
+    assert "no-graph: not a kept graph directory" in capsys.readouterr().err
+    meta["hierarchical"] = {"metrics": {"micro_f1": 0.1}}
+    (run / "metrics.json").write_text(json.dumps(meta))
+    with pytest.raises(InputFileError, match="micro_f1 both under 'metrics' and 'hierarchical'"):
+        R.load_run(run / "metrics.json")

@@ -116,6 +116,8 @@ def test_rerank_end_to_end(coder_dir, full_set, tmp_path):
     for system, res in results.items():
         assert res["system"] == system and res["split"] == "test" and res["data_source"] == "fixture"
         assert {"micro_f1", "macro_f1", "p@8", "p@15", "r@8", "r@15", "candidate_micro_auc"} <= set(res["metrics"])
+        hier = res["hierarchical"]["metrics"]
+        assert hier["exact_f1@code"] == pytest.approx(res["metrics"]["micro_f1"]) and "hier_f1" not in res["metrics"]
         npz = np.load(tmp_path / "runs" / system / "test_scores.npz")
         assert npz["y_score"].shape == npz["y_true"].shape == (12, len(space))
         assert npz["codes"].tolist() == space

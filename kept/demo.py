@@ -73,6 +73,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     import kgraph
     from coder.datasets import read_split
     from coder.evaluate import evaluate_checkpoint
+    from coder.hierarchy_metrics import SUMMARY_NAMES as HIER_ROWS  # hier_f1 + FP distance shares
     from coder.longify import longify
     from coder.modeling import CoderConfig
     from coder.rerank import run_rerank
@@ -161,8 +162,10 @@ def run_demo(cfg: DemoConfig) -> dict:
                 m = res["metrics"]
                 print(f"    test micro-F1 {m['micro_f1']:.3f}  macro-F1 {m['macro_f1']:.3f}  "
                       f"micro-AUC {m['micro_auc']:.3f}  macro-AUC {m['macro_auc']:.3f}")
-                rows += metric_rows("coder", system, f"synth-{set_name}", SOURCE_SYNTH, m,
-                                    ["micro_auc", "macro_auc", "micro_f1", "macro_f1", "macro_f1_mean", "p@5"])
+                rows += metric_rows("coder", system, f"synth-{set_name}", SOURCE_SYNTH,
+                                    {**m, **res["hierarchical"]["metrics"]},
+                                    ["micro_auc", "macro_auc", "micro_f1", "macro_f1", "macro_f1_mean", "p@5",
+                                     *HIER_ROWS])
                 plots.setdefault(set_name, {})[system] = _f1_series(out / "eval", train_docs, res["threshold"])
 
     with Step(cfg, 7, total, f"FAISS first stage + rerank (top {cfg.rerank_k}) on the full set"):
@@ -180,8 +183,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         results = run_rerank(cands, data / "full", run / "rerank", reranker, k=cfg.rerank_k,
                              prompt_codes=cfg.rerank_prompt_codes, max_docs=cfg.eval_docs)
         for system, res in results.items():
-            rows += metric_rows("full", system, "synth-full", SOURCE_SYNTH, res["metrics"],
-                                ["micro_f1", "macro_f1", "p@8", "p@15", "r@8", "r@15", "candidate_micro_auc"])
+            rows += metric_rows("full", system, "synth-full", SOURCE_SYNTH,
+                                {**res["metrics"], **res["hierarchical"]["metrics"]},
+                                ["micro_f1", "macro_f1", "p@8", "p@15", "r@8", "r@15", "candidate_micro_auc",
+                                 *HIER_ROWS])
 
     with Step(cfg, 8, total, "results"):
         write_table(rows, run)

@@ -25,6 +25,9 @@ def test_demo_runs_every_stage_and_labels_its_data(tmp_path, capsys):
         # HSAP is scored on CMS titles, everything after on the synthetic corpus: never unlabelled.
         assert r["data_source"].startswith("real public" if r["stage"] == "hsap" else "synthetic"), r
         assert 0.0 <= r["value"] <= 1.0, r
+    for stage in ("coder", "full"):  # graph-aware columns beside the exact-match ones
+        assert {"hier_f1", "fp_share_sibling", "fp_share_unrelated"} <= {r["metric"] for r in rows
+                                                                         if r["stage"] == stage}
     recall = {r["metric"]: r["value"] for r in rows if r["stage"] == "retrieval"}
     assert recall["recall@50"] <= recall["recall@100"] <= recall["recall@300"]
     for s in ("50", "rare50"):

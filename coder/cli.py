@@ -29,8 +29,12 @@ def _config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from coder.train import train_coder
+    from kept.errors import KeptError
 
-    summary = train_coder(args.data, args.model, args.out, _config(args), resume=args.resume,
+    config = _config(args)
+    if args.model is None and config.head != "tfidf-lr":
+        raise KeptError(f"--model is required for --head {config.head} (only tfidf-lr trains without one)")
+    summary = train_coder(args.data, args.model, args.out, config, resume=args.resume,
                           max_docs=args.max_docs)
     print(f"best dev micro-F1 {summary['best_dev_micro_f1']:.4f} after {summary['epochs']} evaluation(s); "
           f"checkpoint {summary['best']}")
@@ -72,10 +76,11 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
     """train / eval / predict; other modules add theirs to the same `coder_sub`."""
     p = coder_sub.add_parser("train", help="fine-tune the prompted coder (or the label-attention baseline)")
     p.add_argument("--data", required=True, help="set directory (e.g. DATA/50) with train/dev csv and codes.txt")
-    p.add_argument("--model", required=True, help="masked-LM checkpoint folder (e.g. from `kept model longify`)")
+    p.add_argument("--model", help="masked-LM checkpoint folder (e.g. from `kept model longify`); "
+                                  "not used by --head tfidf-lr")
     p.add_argument("--out", required=True, help="output folder: best/ (the coder), last/ (resume), history.json")
     p.add_argument("--config", help="TOML file of CoderConfig fields; flags override it")
-    p.add_argument("--head", choices=("prompt", "label-attention"))
+    p.add_argument("--head", choices=("prompt", "label-attention", "tfidf-lr"))
     p.add_argument("--template", choices=("paper", "kept"))
     p.add_argument("--prompt-codes", type=int, help="codes per prompt (default 50)")
     p.add_argument("--global-stride", type=int, help="global attention on every s-th prompt token (default 1)")

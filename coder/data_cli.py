@@ -78,7 +78,7 @@ def run_synth(args: argparse.Namespace) -> int:
         "words_max": args.words_max, "pool_size": args.pool_size, "zipf_s": args.zipf_s,
         "codes_mean": args.codes_mean, "top_n": args.top_n, "rare_n": args.rare_n,
         "rare_max_count": args.rare_max_count, "rare_min_train": args.rare_min_train,
-        "progress": False if args.no_progress else None})
+        "rare_shape": args.rare_shape, "progress": False if args.no_progress else None})
     start = time.perf_counter()
     if args.graph:
         G = kgraph.load_graph(args.graph)
@@ -145,6 +145,9 @@ def register(subparsers) -> None:
     s.add_argument("--pool-size", type=int, help="leaf codes that can be labels (default 3000)")
     s.add_argument("--zipf-s", type=float, help="Zipf exponent over the code pool (default 1.0)")
     s.add_argument("--codes-mean", type=float, help="mean labels per note (default 8)")
+    s.add_argument("--rare-shape", choices=("mimic", "rule"),
+                   help="rare50: mimic = its own notes in MIMIC-III-rare50's shape (249/20/142, one rare "
+                        "code each; default); rule = the paper's rule over the corpus")
     _rare_args(s)
     s.set_defaults(func=run_synth)
 

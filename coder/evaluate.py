@@ -23,7 +23,7 @@ from kept.io import atomic_path, atomic_write
 
 log = logging.getLogger(__name__)
 
-SYSTEM_NAMES = {"prompt": "kept-prompt", "label-attention": "label-attention"}
+SYSTEM_NAMES = {"prompt": "kept-prompt", "label-attention": "label-attention", "tfidf-lr": "tfidf-lr"}
 
 
 @dataclass
@@ -60,6 +60,11 @@ def load_coder(path: str | Path, device: str = "auto") -> Coder:
     """Load a checkpoint written by `kept coder train` (OUT/best): weights, tokenizer, kept_coder.json."""
     info = read_coder_file(path)
     config: CoderConfig = info["config"]
+    if info["head"] == "tfidf-lr":
+        from coder.tfidf import TfidfLR
+
+        return Coder(TfidfLR.load(path), None, config, info["codes"], info["descriptions"], info["threshold"],
+                     torch.device("cpu"), 0)
     tokenizer = load_tokenizer(path)
     model = build_scorer(info["head"], path, tokenizer, info["verbalizer"])
     dev = pick_device(device if device != "auto" else config.device)
@@ -105,6 +110,9 @@ def score_codes(model: nn.Module, tokenizer, note_text: str | Sequence[str], cod
     """
     single = isinstance(note_text, str)
     texts = [note_text] if single else list(note_text)
+    if not isinstance(model, nn.Module):  # the TF-IDF baseline reads text, not token ids
+        scores = model.scores(texts, codes)
+        return scores[0] if single else scores
     device = device or next(model.parameters()).device
     prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template,
                             with_masks=config.head == "prompt")
@@ -138,7 +146,6 @@ def evaluate_checkpoint(checkpoint: str | Path, set_dir: str | Path, out_dir: st
                         max_docs: int | None = None) -> dict:
     """Score `split` of a set at the checkpoint's dev-tuned threshold; write metrics.json + scores."""
     from coder.datasets import read_codes, read_split
-    from coder.hierarchy_metrics import hierarchical_block
     from coder.metrics import all_metrics
     from coder.prompts import code_descriptions
 
@@ -154,12 +161,22 @@ def evaluate_checkpoint(checkpoint: str | Path, set_dir: str | Path, out_dir: st
                          coder.config, coder.device, progress=True)
     y = label_matrix(docs, codes)
     metrics = all_metrics(y, scores, coder.threshold, ks=tuple(ks))
-    hierarchical = hierarchical_block(y, scores >= coder.threshold, codes, coder.config.graph)
-    meta_file = set_dir.parent / "dataset.json"
+    return write_eval(out_dir, system or SYSTEM_NAMES[coder.config.head], set_dir, split, coder.config.seed,
+                      coder.threshold, str(checkpoint), docs, codes, y, scores, metrics, coder.config.graph)
+
+
+def write_eval(out_dir: str | Path, system: str, set_dir: Path, split: str, seed: int, threshold: float,
+               checkpoint: str, docs, codes: Sequence[str], y: np.ndarray, scores: np.ndarray, metrics: dict,
+               graph: str | None = None) -> dict:
+    """The run layout every scorer writes (metrics.json + <split>_scores.npz), so `kept report`
+    compares any two systems the same way; the hierarchical figures over `graph` are added."""
+    from coder.hierarchy_metrics import hierarchical_block
+
+    hierarchical = hierarchical_block(y, scores >= threshold, list(codes), graph)
+    meta_file = Path(set_dir).parent / "dataset.json"
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
-    result = {"system": system or SYSTEM_NAMES[coder.config.head], "dataset": set_dir.name, "split": split,
-              "seed": coder.config.seed, "threshold": coder.threshold,
-              "data_source": meta.get("source", "unknown"), "checkpoint": str(checkpoint), "metrics": metrics,
+    result = {"system": system, "dataset": Path(set_dir).name, "split": split, "seed": seed, "threshold": threshold,
+              "data_source": meta.get("source", "unknown"), "checkpoint": checkpoint, "metrics": metrics,
               "hierarchical": hierarchical}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -138,12 +138,12 @@ def set_trainable(model: nn.Module, mode: str, head: nn.Module | None = None) ->
         raise KeptError(f"unknown --train mode {mode!r}; choose one of {', '.join(TRAIN_MODES)}")
     for p in model.parameters():
         p.requires_grad = mode == "all"
-    if mode == "lm-head":
-        if head is None:
-            tied = {id(model.get_input_embeddings().weight)}
-            for p in lm_head_module(model).parameters():
-                p.requires_grad = id(p) not in tied
-    elif mode in ("first-layer", "last-layer"):
+    if mode in ("lm-head", "first-layer", "last-layer") and head is None:
+        # the paper's partial tuning always includes the LM head (its 9.4M = head + one layer)
+        tied = {id(model.get_input_embeddings().weight)}
+        for p in lm_head_module(model).parameters():
+            p.requires_grad = id(p) not in tied
+    if mode in ("first-layer", "last-layer"):
         layer = encoder_layers(model)[0 if mode == "first-layer" else -1]
         for p in layer.parameters():
             p.requires_grad = True
@@ -179,7 +179,7 @@ class PromptCoder(nn.Module):
 
 # ---- the coder's configuration and its checkpoint folder -------------------------------------------
 
-HEADS = ("prompt", "label-attention")
+HEADS = ("prompt", "label-attention", "tfidf-lr")
 CODER_FILE = "kept_coder.json"
 
 
@@ -189,7 +189,7 @@ class CoderConfig:
     global stride 1, yes/no, up to 20 epochs with the best epoch chosen on dev); the paper gives no
     learning rate, 1.5e-5 is a common Longformer fine-tuning rate."""
 
-    head: str = "prompt"  # prompt (KEPT) | label-attention (ablation baseline)
+    head: str = "prompt"  # prompt (KEPT) | label-attention (ablation baseline) | tfidf-lr (classical)
     template: str = "paper"  # paper: `desc : [MASK] ,` | kept: KEPT-code's `desc [MASK],`
     prompt_codes: int = 50  # N codes per prompt; larger label sets are split into prompts of N
     global_stride: int = 1  # every s-th prompt token gets global attention (Table A.5)
@@ -210,6 +210,9 @@ class CoderConfig:
     device: str = "auto"
     seed: int = 42
     graph: str | None = None  # graph dir for code descriptions; None = bundled ICD-9 titles
+    pos_weight: float = 1.0  # BCE weight of a positive label (1 = the paper's loss; >1 offsets the ~90% negatives)
+    tfidf_c: float = 100.0  # tfidf-lr: inverse L2 strength (best of 1/10/100 on the synthetic dev sets)
+    tfidf_max_features: int = 100_000  # tfidf-lr: 1-2-gram vocabulary cap
 
     def validate(self) -> "CoderConfig":
         if self.head not in HEADS:

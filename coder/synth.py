@@ -43,6 +43,13 @@ class SynthConfig:
     rare_n: int = 50
     rare_max_count: int = 10
     rare_min_train: int = 1  # train shots a rare code needs (the paper's rule: 1)
+    # rare50's shape: "mimic" = notes written for it in MIMIC-III-rare50's shape (Table A.2:
+    # 249 / 20 / 142 notes, one rare code each, ~5 train shots); "rule" = the paper's rule over
+    # the corpus above (few notes: ~53 / 4 / 47 at 600 docs, so dev cannot tune a threshold)
+    rare_shape: str = "mimic"
+    rare_train_per_code: int = 5
+    rare_dev: int = 20
+    rare_test: int = 142
     lowercase: bool = True
     progress: bool = True
 
@@ -265,6 +272,35 @@ def generate_corpus(G: nx.DiGraph, cfg: SynthConfig | None = None) -> dict[str, 
     return seeded_split(docs, cfg.fractions, cfg.seed, by_subject=True)
 
 
+def rare50_corpus(G: nx.DiGraph, cfg: SynthConfig, common: list[str]) -> tuple[list[str], dict[str, list[Document]]]:
+    """rare50 in MIMIC-III-rare50's shape: `rare_n` codes outside the corpus's label pool, each
+    with `rare_train_per_code` train notes, and dev/test notes spread over the codes. Every note
+    also mentions a few common codes (as a real admission does) but is labelled with its rare code
+    only, as KEPT's rare50 lists are."""
+    rng = random.Random(cfg.seed + 1)
+    taken = set(common)
+    leaves = sorted(n for n, d in G.nodes(data=True)
+                    if d.get("type") == "code" and d.get("leaf") and n not in taken and terms_of(G, n))
+    if len(leaves) < cfg.rare_n:
+        raise KeptError(f"only {len(leaves)} billable codes are left for rare50; rare_n={cfg.rare_n}")
+    rare = rng.sample(leaves, cfg.rare_n)
+    plan = {"train": [c for c in rare for _ in range(cfg.rare_train_per_code)],
+            "dev": [rare[i % len(rare)] for i in range(cfg.rare_dev)],
+            "test": [rare[i % len(rare)] for i in range(cfg.rare_test)]}
+    splits: dict[str, list[Document]] = {}
+    i = 0
+    for split, codes in plan.items():
+        rng.shuffle(codes)
+        splits[split] = []
+        for code in codes:
+            others = rng.sample(common[:200], k=min(len(common), rng.randint(2, 6)))
+            raw = make_note(G, [code] + others, common, cfg, rng)
+            text = scrub_code_strings(preprocess(raw, cfg.lowercase), code_strings([code] + others), rng)
+            splits[split].append(Document(str(95000 + i), str(295000 + i), text, [code]))
+            i += 1
+    return rare, splits
+
+
 def prepare_synth(G: nx.DiGraph, out_dir, cfg: SynthConfig | None = None, graph_dir: str = "") -> dict:
     """Generate the corpus and write full/50/rare50 under `out_dir`; returns dataset.json."""
     cfg = cfg or SynthConfig()
@@ -272,9 +308,14 @@ def prepare_synth(G: nx.DiGraph, out_dir, cfg: SynthConfig | None = None, graph_
     try:
         sets = derive_sets(splits, top_n=cfg.top_n, rare_n=cfg.rare_n,
                            rare_max_count=cfg.rare_max_count, seed=cfg.seed,
-                           rare_min_train=cfg.rare_min_train)
+                           rare_min_train=cfg.rare_min_train, with_rare=cfg.rare_shape == "rule")
     except KeptError as exc:
         raise KeptError(f"{exc}: raise --docs or pool_size, or lower rare_n") from exc
+    if cfg.rare_shape not in ("mimic", "rule"):
+        raise KeptError(f"unknown rare50 shape {cfg.rare_shape!r}; choose mimic or rule")
+    rare_rule = cfg.rare_shape == "rule"
+    if not rare_rule:
+        sets["rare50"] = rare50_corpus(G, cfg, code_pool(G, cfg.pool_size, random.Random(cfg.seed)))
     meta = {"source": "synthetic", "seed": cfg.seed, "graph": graph_dir,
             "graph_sources": G.graph.get("sources", []),
             "split_rule": f"seeded document shuffle {cfg.fractions}",
@@ -282,7 +323,10 @@ def prepare_synth(G: nx.DiGraph, out_dir, cfg: SynthConfig | None = None, graph_
             "rare50_rule": (f"codes with < {cfg.rare_max_count} occurrences in train+dev+test that "
                             f"occur in train (>= {cfg.rare_min_train}) and test, ranked by "
                             f"test/train ratio, ties by seeded "
-                            f"shuffle, top {cfg.rare_n}"),
+                            f"shuffle, top {cfg.rare_n}") if rare_rule else
+                           (f"MIMIC-III-rare50's shape: {cfg.rare_n} billable codes outside the corpus's "
+                            f"label pool, {cfg.rare_train_per_code} train notes each, {cfg.rare_dev} dev and "
+                            f"{cfg.rare_test} test notes, one rare label per note (notes of their own)"),
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
             "splits": {s: len(splits[s]) for s in SPLITS}}
     return write_dataset(out_dir, sets, meta)

@@ -87,6 +87,10 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     from coder.datasets import read_codes, read_split
 
     config.validate()
+    if config.head == "tfidf-lr":  # no network, no epochs: fitted in one go
+        from coder.tfidf import train_tfidf
+
+        return train_tfidf(set_dir, out_dir, config, max_docs)
     set_dir, out = Path(set_dir), Path(out_dir)
     last = out / "last"
     _seed_all(config.seed)
@@ -122,6 +126,7 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     total = max(1, steps_per_epoch * config.epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total) \
         if optimizer else None
+    pos_weight = torch.tensor(config.pos_weight, device=device)
     start_epoch, best_f1, history = 0, -1.0, []
     if resume and (last / STATE_FILE).is_file():
         state = torch.load(last / STATE_FILE, map_location=device, weights_only=False)
@@ -167,7 +172,8 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
             with autocast(device, dtype):
                 logits = model(batch)
             # BCE on logit(yes) - logit(no) == cross-entropy of the yes/no softmax
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["labels"])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits.float(), batch["labels"], pos_weight=pos_weight)
             scaler.scale(loss / config.grad_accum).backward()
             losses.append(loss.item())
             if (step + 1) % config.grad_accum == 0 or step + 1 == len(batches):

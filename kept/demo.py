@@ -46,7 +46,7 @@ class DemoConfig:
     rerank_k: int = 40  # candidates reranked per note (the paper: 300)
     rerank_prompt_codes: int = 20  # full-set titles are long: 50 of them fill 1,024 tokens
     eval_docs: int | None = None  # cap on dev/test notes scored (smoke runs); None = all
-    systems: tuple[str, ...] = ("prompt", "label-attention")
+    systems: tuple[str, ...] = ("tfidf-lr", "prompt", "label-attention")
     sets: tuple[str, ...] = ("50", "rare50")
     timings: dict = field(default_factory=dict)
 
@@ -72,7 +72,7 @@ class Step:
 def run_demo(cfg: DemoConfig) -> dict:
     import kgraph
     from coder.datasets import read_split
-    from coder.evaluate import evaluate_checkpoint
+    from coder.evaluate import SYSTEM_NAMES, evaluate_checkpoint
     from coder.hierarchy_metrics import SUMMARY_NAMES as HIER_ROWS  # hier_f1 + FP distance shares
     from coder.longify import longify
     from coder.modeling import CoderConfig
@@ -146,12 +146,12 @@ def run_demo(cfg: DemoConfig) -> dict:
                            attention_window=cfg.attention_window)
 
     plots: dict[str, dict] = {}
-    with Step(cfg, 6, total, "prompted coder vs label-attention baseline"):
+    with Step(cfg, 6, total, "TF-IDF baseline, prompted coder, label-attention baseline"):
         for set_name in cfg.sets:
             set_dir = data / set_name
             train_docs = read_split(set_dir, "train")[:cfg.coder_train_docs]  # what the coders saw
             for head in cfg.systems:
-                system = "kept-prompt" if head == "prompt" else "label-attention"
+                system = SYSTEM_NAMES[head]
                 out = run / "coder" / f"{set_name}-{head}"
                 cc = CoderConfig(head=head, epochs=cfg.coder_epochs, lr=cfg.coder_lr, grad_accum=4,
                                  global_stride=cfg.global_stride, seed=cfg.seed, graph=str(run / "graph"))

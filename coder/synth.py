@@ -265,7 +265,8 @@ def generate_corpus(G: nx.DiGraph, cfg: SynthConfig | None = None) -> dict[str, 
     return seeded_split(docs, cfg.fractions, cfg.seed, by_subject=True)
 
 
-def prepare_synth(G: nx.DiGraph, out_dir, cfg: SynthConfig | None = None, graph_dir: str = "") -> dict:
+def prepare_synth(G: nx.DiGraph, out_dir, cfg: SynthConfig | None = None, graph_dir: str = "",
+                  force: bool = False) -> dict:
     """Generate the corpus and write full/50/rare50 under `out_dir`; returns dataset.json."""
     cfg = cfg or SynthConfig()
     splits = generate_corpus(G, cfg)
@@ -285,4 +286,4 @@ def prepare_synth(G: nx.DiGraph, out_dir, cfg: SynthConfig | None = None, graph_
                             f"shuffle, top {cfg.rare_n}"),
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
             "splits": {s: len(splits[s]) for s in SPLITS}}
-    return write_dataset(out_dir, sets, meta)
+    return write_dataset(out_dir, sets, meta, force=force)

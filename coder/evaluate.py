@@ -18,7 +18,7 @@ from coder.modeling import (CoderConfig, PromptCoder, amp_dtype, autocast, load_
                             model_max_length, pick_device, read_coder_file)
 from coder.prompts import EncodedPrompt, Example, build_examples, build_prompts, collate, make_batches
 from coder.verbalizer import build_verbalizer
-from kept.io import atomic_path, atomic_write
+from kept.io import atomic_path, atomic_write, dump_json
 
 log = logging.getLogger(__name__)
 
@@ -165,5 +165,5 @@ def evaluate_checkpoint(checkpoint: str | Path, set_dir: str | Path, out_dir: st
                                 hadm_ids=np.array([d.hadm_id for d in docs], dtype=str),
                                 codes=np.array(codes, dtype=str))
     with atomic_write(out / "metrics.json") as fh:
-        json.dump(result, fh, indent=1)
+        dump_json(result, fh, indent=1)
     return result

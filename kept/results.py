@@ -6,7 +6,6 @@ be mistaken for a MIMIC result.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence

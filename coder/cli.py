@@ -6,11 +6,15 @@ import argparse
 import importlib
 import json
 
+from kept.argtypes import (nonnegative_int, positive_float, positive_int, positive_int_list,
+                           probability)
+
 
 def cmd_longify(args: argparse.Namespace) -> int:
     from coder.longify import longify
 
-    out = longify(args.model, args.out, max_length=args.max_length, attention_window=args.attention_window)
+    out = longify(args.model, args.out, max_length=args.max_length, attention_window=args.attention_window,
+                  force=args.force)
     print(f"wrote {out} (Longformer MLM, {args.max_length} tokens, window {args.attention_window})")
     return 0
 
@@ -45,8 +49,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from coder.evaluate import evaluate_checkpoint, format_table
     from coder.hierarchy_metrics import TABLE_NAMES
 
-    ks = tuple(int(k) for k in args.ks.split(","))
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, ks=ks,
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, ks=args.ks,
                                  system=args.system, device=args.device, max_docs=args.max_docs)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -82,22 +85,22 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML file of CoderConfig fields; flags override it")
     p.add_argument("--head", choices=("prompt", "label-attention", "tfidf-lr"))
     p.add_argument("--template", choices=("paper", "kept"))
-    p.add_argument("--prompt-codes", type=int, help="codes per prompt (default 50)")
-    p.add_argument("--global-stride", type=int, help="global attention on every s-th prompt token (default 1)")
-    p.add_argument("--max-length", type=int, help="input tokens (default: the model's limit)")
+    p.add_argument("--prompt-codes", type=positive_int, help="codes per prompt (default 50)")
+    p.add_argument("--global-stride", type=positive_int, help="global attention on every s-th prompt token (default 1)")
+    p.add_argument("--max-length", type=positive_int, help="input tokens (default: the model's limit)")
     p.add_argument("--verbalizer", help="positive,negative words (default yes,no)")
     p.add_argument("--train", choices=("all", "lm-head", "first-layer", "last-layer"), help="what to tune")
-    p.add_argument("--epochs", type=int, help="0 = zero-shot evaluation on dev (default 20)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=nonnegative_int, help="0 = zero-shot evaluation on dev (default 20)")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--grad-accum", type=positive_int)
+    p.add_argument("--eval-batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
     p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--device")
     p.add_argument("--seed", type=int)
     p.add_argument("--graph", help="graph folder for code descriptions (default: bundled ICD-9 titles)")
-    p.add_argument("--max-docs", type=int, help="use only the first N train and dev notes (smoke runs)")
+    p.add_argument("--max-docs", type=positive_int, help="use only the first N train and dev notes (smoke runs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.set_defaults(func=cmd_train)
 
@@ -106,18 +109,18 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="set directory")
     p.add_argument("--out", required=True, help="run folder for metrics.json and <split>_scores.npz")
     p.add_argument("--split", default="test", choices=("dev", "test"))
-    p.add_argument("--ks", default="5,8,15", help="k of P@k and R@k, comma-separated")
+    p.add_argument("--ks", type=positive_int_list, default="5,8,15", help="k of P@k and R@k, comma-separated")
     p.add_argument("--system", help="system name in metrics.json (default kept-prompt / label-attention)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--max-docs", type=int, help="score only the first N notes")
+    p.add_argument("--max-docs", type=positive_int, help="score only the first N notes")
     p.add_argument("--json", action="store_true", help="print metrics.json instead of the table")
     p.set_defaults(func=cmd_eval)
 
     p = coder_sub.add_parser("predict", help="codes of one note, with probabilities and descriptions")
     p.add_argument("note", help="a plain-text note file")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--threshold", type=float, help="default: the dev-tuned threshold of the checkpoint")
-    p.add_argument("--top", type=int, help="print at most this many codes")
+    p.add_argument("--threshold", type=probability, help="default: the dev-tuned threshold of the checkpoint")
+    p.add_argument("--top", type=positive_int, help="print at most this many codes")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
@@ -127,9 +130,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND")
     p = model_sub.add_parser("longify", help="BERT/RoBERTa MLM -> Longformer MLM (positions tiled)")
     p.add_argument("--model", required=True, help="source checkpoint folder")
-    p.add_argument("--max-length", type=int, default=4096, help="tokens of the long model (e.g. 4096, 8192)")
-    p.add_argument("--attention-window", type=int, default=512, help="sliding window, even (default 512)")
+    p.add_argument("--max-length", type=positive_int, default=4096, help="tokens of the long model (e.g. 4096, 8192)")
+    p.add_argument("--attention-window", type=positive_int, default=512, help="sliding window, even (default 512)")
     p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even if it is a file or a folder kept did not write")
     p.set_defaults(func=cmd_longify)
     model.set_defaults(func=lambda a: model.print_help() or 2)
 

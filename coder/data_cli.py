@@ -8,7 +8,9 @@ import logging
 import time
 from pathlib import Path
 
+from kept.argtypes import nonnegative_float, positive_float, positive_int
 from kept.errors import InputFileError, KeptError
+from kept.io import check_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,8 @@ def run_mimic(args: argparse.Namespace) -> int:
         "rare_exclude": exclude, "chunksize": args.chunksize,
         "lowercase": False if args.keep_case else None, "progress": False if args.no_progress else None})
     start = time.perf_counter()
-    meta = prepare_mimic(args.mimic_dir, args.out, args.splits, cfg)
+    check_out_dir(args.out, args.force)
+    meta = prepare_mimic(args.mimic_dir, args.out, args.splits, cfg, force=args.force)
     _summary(args.out, meta, time.perf_counter() - start)
     return 0
 
@@ -79,6 +82,7 @@ def run_synth(args: argparse.Namespace) -> int:
         "codes_mean": args.codes_mean, "top_n": args.top_n, "rare_n": args.rare_n,
         "rare_max_count": args.rare_max_count, "rare_min_train": args.rare_min_train,
         "rare_shape": args.rare_shape, "progress": False if args.no_progress else None})
+    check_out_dir(args.out, args.force)
     start = time.perf_counter()
     if args.graph:
         G = kgraph.load_graph(args.graph)
@@ -86,7 +90,7 @@ def run_synth(args: argparse.Namespace) -> int:
         log.info("no --graph: using the bundled ICD-9-CM graph (titles only; no UMLS synonyms "
                  "or LRABR abbreviations)")
         G = kgraph.build_graph(progress=False)
-    meta = prepare_synth(G, args.out, cfg, graph_dir=str(args.graph or "bundled"))
+    meta = prepare_synth(G, args.out, cfg, graph_dir=str(args.graph or "bundled"), force=args.force)
     _summary(args.out, meta, time.perf_counter() - start)
     return 0
 
@@ -110,14 +114,16 @@ def _summary(out: str, meta: dict, seconds: float) -> None:
 
 def _rare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed for splits, rare-50 tie breaks (default 0)")
-    p.add_argument("--top-n", type=int, help="size of the frequent-code set (default 50)")
-    p.add_argument("--rare-n", type=int, help="size of the rare-code set (default 50)")
-    p.add_argument("--rare-max-count", type=int,
+    p.add_argument("--top-n", type=positive_int, help="size of the frequent-code set (default 50)")
+    p.add_argument("--rare-n", type=positive_int, help="size of the rare-code set (default 50)")
+    p.add_argument("--rare-max-count", type=positive_int,
                    help="rare codes have fewer occurrences than this (default 10)")
-    p.add_argument("--rare-min-train", type=int,
+    p.add_argument("--rare-min-train", type=positive_int,
                    help="train shots a rare code needs (default 1, the paper's rule)")
     p.add_argument("--config", help="TOML file with the settings (a [mimic] or [synth] table)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even if it is a file or a folder kept did not write")
 
 
 def register(subparsers) -> None:
@@ -132,19 +138,19 @@ def register(subparsers) -> None:
                                     "without it a seeded patient-level split is made")
     m.add_argument("--rare-exclude", help="file of codes kept out of rare-50 (one a line)")
     m.add_argument("--keep-case", action="store_true", help="do not lower-case notes")
-    m.add_argument("--chunksize", type=int, help="NOTEEVENTS rows read at a time (default 20000)")
+    m.add_argument("--chunksize", type=positive_int, help="NOTEEVENTS rows read at a time (default 20000)")
     _rare_args(m)
     m.set_defaults(func=run_mimic)
 
     s = sub.add_parser("synth", help="licence-free synthetic discharge summaries in MIMIC's layout")
     s.add_argument("--graph", help="graph folder from `kept graph build` (default: bundled ICD-9-CM)")
     s.add_argument("--out", required=True, help="output data-set folder")
-    s.add_argument("--docs", type=int, help="number of notes (default 600)")
-    s.add_argument("--words-min", type=int, help="shortest note in words (default 1500)")
-    s.add_argument("--words-max", type=int, help="longest note in words (default 4000)")
-    s.add_argument("--pool-size", type=int, help="leaf codes that can be labels (default 3000)")
-    s.add_argument("--zipf-s", type=float, help="Zipf exponent over the code pool (default 1.0)")
-    s.add_argument("--codes-mean", type=float, help="mean labels per note (default 8)")
+    s.add_argument("--docs", type=positive_int, help="number of notes (default 600)")
+    s.add_argument("--words-min", type=positive_int, help="shortest note in words (default 1500)")
+    s.add_argument("--words-max", type=positive_int, help="longest note in words (default 4000)")
+    s.add_argument("--pool-size", type=positive_int, help="leaf codes that can be labels (default 3000)")
+    s.add_argument("--zipf-s", type=nonnegative_float, help="Zipf exponent over the code pool (default 1.0)")
+    s.add_argument("--codes-mean", type=positive_float, help="mean labels per note (default 8)")
     s.add_argument("--rare-shape", choices=("mimic", "rule"),
                    help="rare50: mimic = its own notes in MIMIC-III-rare50's shape (249/20/142, one rare "
                         "code each; default); rule = the paper's rule over the corpus")

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from kept.errors import InputFileError, KeptError
-from kept.io import atomic_write
+from kept.io import atomic_dir, atomic_write, input_error, open_text
+from kgraph.codes import kind_of
 
 SPLITS = ("train", "dev", "test")
 SETS = ("full", "50", "rare50")
@@ -51,16 +52,20 @@ def read_split(set_dir: str | Path, split: str) -> list[Document]:
     if not path.is_file():
         raise InputFileError(path, f"file not found (expected the {split} split of a kept data set)")
     docs = []
-    with open(path, encoding="utf-8", newline="") as fh:
+    with input_error(path, "a UTF-8 CSV with columns " + ",".join(COLUMNS)), open_text(path) as fh:
         reader = csv.DictReader(fh)
-        missing = [c for c in COLUMNS[:4] if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputFileError(path, f"missing columns {missing}; expected {COLUMNS}", line=1)
-        for row in reader:
-            if None in row or any(row[c] is None for c in COLUMNS[:4]):
-                raise InputFileError(path, "wrong number of fields", line=reader.line_num)
-            labels = [c for c in row["LABELS"].split(";") if c]
-            docs.append(Document(row["SUBJECT_ID"], row["HADM_ID"], row["TEXT"], labels))
+        try:
+            fieldnames = reader.fieldnames or []
+            missing = [c for c in COLUMNS[:4] if c not in fieldnames]
+            if missing:
+                raise InputFileError(path, f"missing columns {missing}; expected {COLUMNS}", line=1)
+            for row in reader:
+                if None in row or any(row[c] is None for c in COLUMNS[:4]):
+                    raise InputFileError(path, "wrong number of fields", line=reader.line_num)
+                labels = [c for c in row["LABELS"].split(";") if c]
+                docs.append(Document(row["SUBJECT_ID"], row["HADM_ID"], row["TEXT"], labels))
+        except csv.Error as exc:
+            raise InputFileError(path, f"malformed CSV: {exc}", line=reader.line_num) from exc
     return docs
 
 
@@ -70,14 +75,21 @@ def read_codes(set_dir: str | Path) -> list[str]:
     if not path.is_file():
         raise InputFileError(path, "file not found (expected a set's code list, one code a line)")
     codes = []
-    with open(path, encoding="utf-8") as fh:
+    with input_error(path, "UTF-8 text, one dotted ICD-9-CM code a line"), open_text(path) as fh:
         for i, line in enumerate(fh, 1):
             code = line.strip()
             if not code:
                 continue
+            try:
+                kind_of(code)
+            except KeptError:
+                raise InputFileError(path, f"{code!r} is not a dotted ICD-9-CM code (write 401.9, not 4019)",
+                                     line=i) from None
             if code in codes:
                 raise InputFileError(path, f"code {code!r} listed twice", line=i)
             codes.append(code)
+    if not codes:
+        raise InputFileError(path, "no codes (expected one dotted ICD-9-CM code a line)")
     return codes
 
 
@@ -164,6 +176,8 @@ def derive_sets(splits: dict[str, list[Document]], top_n: int = 50, rare_n: int 
     least one of them (or the docs of `splits_50`, CAML's own -50 id lists, labels restricted).
     rare50: `select_rare50` over the full splits, docs with at least one of its codes.
     """
+    if top_n < 1 or rare_n < 1 or rare_max_count < 1:
+        raise KeptError(f"top_n, rare_n and rare_max_count must be >= 1; got {top_n}, {rare_n}, {rare_max_count}")
     everything = [d for s in SPLITS for d in splits[s]]
     full_codes = by_frequency(code_counts(everything))
     top = top_codes(everything, top_n)
@@ -181,19 +195,23 @@ def derive_sets(splits: dict[str, list[Document]], top_n: int = 50, rare_n: int 
 
 
 def write_dataset(out_dir: str | Path, sets: dict[str, tuple[list[str], dict[str, list[Document]]]],
-                  meta: dict) -> dict:
-    """Write every set directory and `dataset.json` (with per-set counts added to `meta`)."""
-    out = Path(out_dir)
+                  meta: dict, force: bool = False) -> dict:
+    """Write every set directory and `dataset.json` (with per-set counts added to `meta`).
+
+    The whole folder is written beside `out_dir` and renamed into place: a crash leaves the old
+    data set, never half a new one. `force` replaces a folder kept did not write.
+    """
     counts = {}
-    for name, (codes, splits) in sets.items():
-        for split in SPLITS:
-            write_split(out / name, split, splits[split])
-        write_codes(out / name, codes)
-        counts[name] = {"codes": len(codes), **{s: len(splits[s]) for s in SPLITS}}
-    meta = {**meta, "sets": counts}
-    with atomic_write(out / "dataset.json") as fh:
-        json.dump(meta, fh, indent=2, sort_keys=False)
-        fh.write("\n")
+    with atomic_dir(out_dir, force=force) as out:
+        for name, (codes, splits) in sets.items():
+            for split in SPLITS:
+                write_split(out / name, split, splits[split])
+            write_codes(out / name, codes)
+            counts[name] = {"codes": len(codes), **{s: len(splits[s]) for s in SPLITS}}
+        meta = {**meta, "sets": counts}
+        with atomic_write(out / "dataset.json") as fh:
+            json.dump(meta, fh, indent=2, sort_keys=False)
+            fh.write("\n")
     return meta
 
 

@@ -19,7 +19,7 @@ from coder.modeling import (CoderConfig, PromptCoder, amp_dtype, autocast, load_
                             model_max_length, pick_device, read_coder_file)
 from coder.prompts import EncodedPrompt, Example, build_examples, build_prompts, collate, make_batches
 from coder.verbalizer import build_verbalizer
-from kept.io import atomic_path, atomic_write
+from kept.io import atomic_path, atomic_write, dump_json
 
 log = logging.getLogger(__name__)
 
@@ -186,5 +186,5 @@ def write_eval(out_dir: str | Path, system: str, set_dir: Path, split: str, seed
                                 hadm_ids=np.array([d.hadm_id for d in docs], dtype=str),
                                 codes=np.array(codes, dtype=str))
     with atomic_write(out / "metrics.json") as fh:
-        json.dump(result, fh, indent=1)
+        dump_json(result, fh, indent=1)
     return result

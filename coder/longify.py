@@ -12,7 +12,7 @@ from torch import nn
 
 from coder.modeling import OFFSET_POSITION_TYPES, _offline, _require_dir, model_max_length
 from kept.errors import KeptError
-from kept.io import atomic_dir
+from kept.io import atomic_dir, check_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +141,12 @@ def longify_model(src: nn.Module, max_length: int = 4096, attention_window: int 
 
 
 def longify(model_path: str | Path, out_dir: str | Path, max_length: int = 4096,
-            attention_window: int = 512) -> Path:
+            attention_window: int = 512, force: bool = False) -> Path:
     """Convert the checkpoint at `model_path` and write model + tokenizer to `out_dir` (atomically)."""
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
     _offline()
+    check_out_dir(out_dir, force)  # before the slow part
     src_dir = _require_dir(model_path, "a BERT/RoBERTa checkpoint")
     cfg = AutoConfig.from_pretrained(str(src_dir))
     # Load the MLM head only when the checkpoint declares one (MiniLM is a bare BertModel).
@@ -154,7 +155,7 @@ def longify(model_path: str | Path, out_dir: str | Path, max_length: int = 4096,
     tokenizer = AutoTokenizer.from_pretrained(str(src_dir))
     long_model = longify_model(src.eval(), max_length, attention_window)
     tokenizer.model_max_length = max_length
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, force=force) as tmp:
         long_model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     log.info("wrote %s (Longformer, %d tokens, window %d)", out_dir, max_length, attention_window)

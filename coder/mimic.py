@@ -23,6 +23,7 @@ from tqdm import tqdm
 from coder.datasets import SPLITS, Document, derive_sets, seeded_split, write_dataset
 from coder.notes import preprocess
 from kept.errors import InputFileError, KeptError
+from kept.io import input_error, is_gzip
 from kgraph.codes import DX, PROC, normalize_code
 from kgraph.icd9 import bundled_descriptions
 
@@ -85,24 +86,38 @@ def find_table(mimic_dir: Path, name: str) -> Path:
                                                     f"{name}.csv or {name}.csv.gz)")
 
 
+_WHAT = "a MIMIC-III v1.4 CSV, UTF-8 (.csv.gz accepted)"
+
+
+def _read_csv(path: Path, **kwargs):
+    """pd.read_csv that reads gzip data whatever the file's name (decoding errors: `input_error`)."""
+    return pd.read_csv(path, compression="gzip" if is_gzip(path) else None, encoding="utf-8", **kwargs)
+
+
 def _check_columns(path: Path, expected: list[str]) -> None:
     try:
-        header = list(pd.read_csv(path, nrows=0).columns)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputFileError(path, f"not a readable CSV: {exc}", line=1) from exc
+        with input_error(path, _WHAT):
+            header = list(_read_csv(path, nrows=0).columns)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputFileError(path, f"not a readable CSV: {_one_line(exc)}", line=1) from exc
     missing = [c for c in expected if c not in header]
     if missing:
         raise InputFileError(path, f"missing columns {missing}; MIMIC-III v1.4 has {expected}",
                              line=1)
 
 
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
 def read_code_table(path: Path, kind: str, issues: Issues) -> dict[str, list[str]]:
     """HADM_ID -> dotted codes in SEQ_NUM order, from DIAGNOSES_ICD or PROCEDURES_ICD."""
     _check_columns(path, CODE_COLUMNS)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=CODE_COLUMNS)
+        with input_error(path, _WHAT):
+            df = _read_csv(path, dtype=str, keep_default_na=False, usecols=CODE_COLUMNS)
     except pd.errors.ParserError as exc:
-        raise InputFileError(path, f"malformed CSV: {exc}") from exc
+        raise InputFileError(path, f"malformed CSV: {_one_line(exc)}") from exc
     known = bundled_descriptions()
     df["_line"] = df.index + 2  # header is line 1; these tables have no multi-line fields
     df["_seq"] = pd.to_numeric(df["SEQ_NUM"], errors="coerce")
@@ -136,28 +151,28 @@ def read_discharge_summaries(path: Path, issues: Issues, lowercase: bool = True,
     _check_columns(path, NOTE_USED)  # the others (CHARTTIME, CGID...) are not needed
     parts: dict[str, list[tuple[int, str, int, str]]] = defaultdict(list)
     subjects: dict[str, str] = {}
-    reader = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=NOTE_USED,
-                         chunksize=chunksize)
     bar = tqdm(desc=f"reading {path.name}", unit=" notes", disable=not progress)
     try:
-        for chunk in reader:
-            bar.update(len(chunk))
-            chunk = chunk[chunk["CATEGORY"].str.strip().str.lower() == DISCHARGE]
-            for row in chunk.itertuples(index=False):
-                where = f"ROW_ID {row.ROW_ID}"
-                if row.ISERROR.strip() == "1":
-                    issues.add("note_marked_iserror_dropped", where)
-                    continue
-                hadm = row.HADM_ID.strip()
-                if not hadm:
-                    issues.add("note_without_hadm_id_dropped", where)
-                    continue
-                addendum = 0 if row.DESCRIPTION.strip().lower() == "report" else 1
-                rid = int(row.ROW_ID) if row.ROW_ID.strip().isdigit() else 0
-                parts[hadm].append((addendum, row.CHARTDATE, rid, preprocess(row.TEXT, lowercase)))
-                subjects.setdefault(hadm, row.SUBJECT_ID.strip())
+        with input_error(path, _WHAT):
+            reader = _read_csv(path, dtype=str, keep_default_na=False, usecols=NOTE_USED, chunksize=chunksize)
+            for chunk in reader:
+                bar.update(len(chunk))
+                chunk = chunk[chunk["CATEGORY"].str.strip().str.lower() == DISCHARGE]
+                for row in chunk.itertuples(index=False):
+                    where = f"ROW_ID {row.ROW_ID}"
+                    if row.ISERROR.strip() == "1":
+                        issues.add("note_marked_iserror_dropped", where)
+                        continue
+                    hadm = row.HADM_ID.strip()
+                    if not hadm:
+                        issues.add("note_without_hadm_id_dropped", where)
+                        continue
+                    addendum = 0 if row.DESCRIPTION.strip().lower() == "report" else 1
+                    rid = int(row.ROW_ID) if row.ROW_ID.strip().isdigit() else 0
+                    parts[hadm].append((addendum, row.CHARTDATE, rid, preprocess(row.TEXT, lowercase)))
+                    subjects.setdefault(hadm, row.SUBJECT_ID.strip())
     except pd.errors.ParserError as exc:
-        raise InputFileError(path, f"malformed CSV: {exc}") from exc
+        raise InputFileError(path, f"malformed CSV: {_one_line(exc)}") from exc
     finally:
         bar.close()
     notes = {}
@@ -210,7 +225,7 @@ def _docs_for(ids: list[str], docs: dict[str, Document], issues: Issues, label: 
 
 
 def prepare_mimic(mimic_dir: str | Path, out_dir: str | Path, splits_dir: str | Path | None = None,
-                  config: MimicConfig | None = None) -> dict:
+                  config: MimicConfig | None = None, force: bool = False) -> dict:
     """Build MIMIC-III-full, -50 and -rare50 under `out_dir`; returns what dataset.json holds."""
     cfg = config or MimicConfig()
     mimic_dir = Path(mimic_dir)
@@ -261,4 +276,4 @@ def prepare_mimic(mimic_dir: str | Path, out_dir: str | Path, splits_dir: str | 
                             f"ranked by test/train ratio, ties by seeded shuffle, top {cfg.rare_n}"),
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
             "warnings": issues.report(), "info": dict(sorted(issues.info.items()))}
-    return write_dataset(out_dir, sets, meta)
+    return write_dataset(out_dir, sets, meta, force=force)

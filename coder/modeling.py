@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kept.errors import InputFileError, KeptError
-from kept.io import atomic_write
+from kept.io import atomic_write, dump_json
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def write_coder_file(out_dir: str | Path, config: CoderConfig, codes: list[str],
             "descriptions": {c: descriptions[c] for c in codes}, "threshold": float(threshold),
             "template": config.template, "verbalizer": list(config.verbalizer), **(extra or {})}
     with atomic_write(Path(out_dir) / CODER_FILE) as fh:
-        json.dump(info, fh, indent=1)
+        dump_json(info, fh, indent=1)
 
 
 def read_coder_file(path: str | Path) -> dict:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from coder.hierarchy_metrics import SUMMARY_NAMES, hierarchical_block
 from coder.retrieval import read_candidates
 from kept.errors import KeptError
-from kept.io import atomic_path, atomic_write
+from kept.io import atomic_path, atomic_write, dump_json
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _write_run(out: Path, system: str, dataset: str, seed: int, threshold: float
               "data_source": source, "metrics": metrics,
               "auc_note": "AUC over candidate cells only (candidate_*_auc); full-label AUC omitted", **extra}
     with atomic_write(out / "metrics.json") as fh:
-        json.dump(result, fh, indent=1)
+        dump_json(result, fh, indent=1)
 
 
 def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | Path,

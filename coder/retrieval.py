@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from coder.embed import Encoder, load_encoder
 from kept.errors import InputFileError, KeptError
-from kept.io import atomic_dir, atomic_path, atomic_write
+from kept.io import atomic_dir, atomic_path, atomic_write, check_out_dir, dump_json
 
 try:
     import faiss
@@ -147,9 +147,11 @@ def to_gpu(index: faiss.Index) -> faiss.Index:
 
 
 def build_index(model_path: str | Path, out_dir: str | Path, graph: nx.DiGraph | None = None,
-                config: IndexConfig | None = None, progress: bool = True) -> TermIndex:
+                config: IndexConfig | None = None, progress: bool = True, force: bool = False) -> TermIndex:
     """Embed every term of every (leaf) code and write the index directory `out_dir`."""
     import kgraph
+
+    check_out_dir(out_dir, force)  # before the embedding, which is the slow part
 
     config = config or IndexConfig()
     G = graph if graph is not None else kgraph.build_graph()
@@ -169,18 +171,18 @@ def build_index(model_path: str | Path, out_dir: str | Path, graph: nx.DiGraph |
             "unique_texts": int(len(unique)), "embed_seconds": round(t_embed, 3),
             "index_seconds": round(t_index, 3), "config": asdict(config)}
     ti = TermIndex(index, terms, meta)
-    save_index(ti, out_dir)
+    save_index(ti, out_dir, force=force)
     if use_gpu(config.gpu):
         ti.index = to_gpu(index)
     log.info("indexed %d terms of %d codes in %.1f s (+%.2f s index)", index.ntotal, meta["codes"], t_embed, t_index)
     return ti
 
 
-def save_index(ti: TermIndex, out_dir: str | Path) -> None:
+def save_index(ti: TermIndex, out_dir: str | Path, force: bool = False) -> None:
     index = ti.index
     if "Gpu" in type(index).__name__:  # faiss writes CPU indexes only
         index = faiss.index_gpu_to_cpu(index)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, force=force) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
         ti.terms.to_parquet(tmp / TERMS_FILE, index=False)
         (tmp / META_FILE).write_text(json.dumps(ti.meta, indent=1), encoding="utf-8")
@@ -389,5 +391,5 @@ def retrieve(index_dir: str | Path, set_dir: str | Path, out_dir: str | Path, co
         log.info("%s: %d notes in %.1f s; %s", split, len(docs), seconds,
                  ", ".join(f"{k} {v:.3f}" for k, v in rec.items() if k.startswith("recall")))
     with atomic_write(Path(out_dir) / "retrieval.json") as fh:
-        json.dump(summary, fh, indent=1)
+        dump_json(summary, fh, indent=1)
     return summary

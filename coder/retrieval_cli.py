@@ -16,7 +16,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     config = IndexConfig(pooling=args.pooling, max_length=args.max_length, batch_size=args.batch_size,
                          index_type=args.index_type, all_codes=args.all_codes, gpu=args.gpu, device=args.device)
     G = kgraph.load_graph(args.graph) if args.graph else None
-    ti = build_index(args.model, args.out, G, config, progress=not args.no_progress)
+    ti = build_index(args.model, args.out, G, config, progress=not args.no_progress, force=args.force)
     m = ti.meta
     print(f"{m['count']} terms of {m['codes']} codes -> {args.out} ({m['index_type']}, dim {m['dim']}, "
           f"{m['pooling']} pooling; embedding {m['embed_seconds']:.1f} s, index {m['index_seconds']:.2f} s)")
@@ -61,6 +61,8 @@ def register(coder_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="encoder checkpoint folder (HSAP output or any HF encoder)")
     p.add_argument("--graph", help="graph folder from `kept graph build` (default: bundled ICD-9-CM)")
     p.add_argument("--out", required=True, help="index folder (terms.faiss, terms.parquet, index.json)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even if it is a file or a folder kept did not write")
     p.add_argument("--pooling", default="auto", choices=("auto", "cls", "mean"),
                    help="auto: mean for sentence-transformers folders that say so, else cls (HSAP)")
     p.add_argument("--max-length", type=int, default=32, help="tokens per term (default 32)")

@@ -301,7 +301,8 @@ def rare50_corpus(G: nx.DiGraph, cfg: SynthConfig, common: list[str]) -> tuple[l
     return rare, splits
 
 
-def prepare_synth(G: nx.DiGraph, out_dir, cfg: SynthConfig | None = None, graph_dir: str = "") -> dict:
+def prepare_synth(G: nx.DiGraph, out_dir, cfg: SynthConfig | None = None, graph_dir: str = "",
+                  force: bool = False) -> dict:
     """Generate the corpus and write full/50/rare50 under `out_dir`; returns dataset.json."""
     cfg = cfg or SynthConfig()
     splits = generate_corpus(G, cfg)
@@ -329,4 +330,4 @@ def prepare_synth(G: nx.DiGraph, out_dir, cfg: SynthConfig | None = None, graph_
                             f"{cfg.rare_test} test notes, one rare label per note (notes of their own)"),
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
             "splits": {s: len(splits[s]) for s in SPLITS}}
-    return write_dataset(out_dir, sets, meta)
+    return write_dataset(out_dir, sets, meta, force=force)

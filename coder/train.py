@@ -7,7 +7,6 @@ resumable from OUT/last. Test data are never read here.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -21,8 +20,9 @@ from coder.evaluate import build_scorer, effective_max_length, label_matrix, pre
 from coder.modeling import (CoderConfig, PromptCoder, amp_dtype, autocast, load_tokenizer, pick_device,
                             set_trainable, write_coder_file)
 from coder.prompts import build_examples, build_prompts, code_descriptions, collate, make_batches
-from kept.errors import KeptError
-from kept.io import atomic_dir, atomic_path, atomic_write
+from kept.errors import InputFileError, KeptError
+from kept.io import atomic_dir, atomic_path, atomic_write, dump_json
+from kept.rng import restore_rng_state, rng_state
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,10 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     codes = read_codes(set_dir)
     train_docs = read_split(set_dir, "train")[:max_docs]
     dev_docs = read_split(set_dir, "dev")[:max_docs]
+    if config.epochs and not train_docs:
+        raise InputFileError(set_dir / "train.csv", "no documents: nothing to train on")
+    if not dev_docs:
+        raise InputFileError(set_dir / "dev.csv", "no documents: the threshold and best epoch are chosen on dev")
     descriptions = code_descriptions(codes, config.graph)
     tokenizer = load_tokenizer(model_path)
     model = build_scorer(config.head, model_path, tokenizer, config.verbalizer)
@@ -136,6 +140,7 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
         start_epoch, best_f1, history = state["epoch"], state["best_f1"], state["history"]
+        restore_rng_state(state.get("rng"))
         log.info("resumed from %s after epoch %d (best dev micro-F1 %.4f)", last, start_epoch, best_f1)
     elif resume:
         log.info("nothing to resume in %s: starting fresh", last)
@@ -153,7 +158,7 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
             _save_checkpoint(model, tokenizer, out / "best", config, codes, descriptions, threshold,
                              {"epoch": epoch, "dev_metrics": metrics, "trained_on": str(set_dir)})
         with atomic_write(out / "history.json") as fh:
-            json.dump(history, fh, indent=1)
+            dump_json(history, fh, indent=1)
 
     if config.epochs == 0:
         finish_epoch(0, None)
@@ -191,5 +196,5 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                         "epoch": epoch + 1, "best_f1": best_f1, "history": history,
-                        "config": config.__dict__}, tmp)
+                        "config": config.__dict__, "rng": rng_state()}, tmp)
     return {"best_dev_micro_f1": best_f1, "epochs": len(history), "history": history, "best": str(out / "best")}

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
@@ -27,7 +28,8 @@ from contrastive.losses import LOSSES
 from contrastive.sampling import BatchSampler, HeldOut, SamplerConfig, heldout_split
 from contrastive.triplets import sampler_triplets
 from kept.errors import InputFileError, KeptError
-from kept.io import atomic_dir
+from kept.io import MARKER, atomic_dir, atomic_write, clear_stale_temps, replace_dir
+from kept.rng import restore_rng_state, rng_state
 from kept.toml import tomllib
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,8 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start = state["step"]
+        if dist.world == 1:  # the checkpoint holds rank 0's states only
+            restore_rng_state(state.get("rng"))
         log.info("resumed from %s at step %d", resume_from, start)
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -196,7 +200,8 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
         enc.model = DDP(enc.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(json.dumps(_config_record(cfg, heldout), indent=2) + "\n", encoding="utf-8")
+        with atomic_write(out / CONFIG_FILE) as fh:
+            fh.write(json.dumps(_config_record(cfg, heldout), indent=2) + "\n")
 
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     t0, terms_seen, last = time.perf_counter(), 0, {}
@@ -234,7 +239,8 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
                 sums.clear()
             if dist.main and (done % cfg.save_every == 0 or done == cfg.steps):
                 state = {"step": done, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "scaler": scaler.state_dict(), "sampler_seed": cfg.seed, "world": dist.world}
+                         "scaler": scaler.state_dict(), "sampler_seed": cfg.seed, "world": dist.world,
+                         "rng": rng_state()}
                 save_checkpoint(enc, out / f"checkpoint-{done}", state, cfg, heldout)
                 for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
                     shutil.rmtree(old, ignore_errors=True)
@@ -251,16 +257,37 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
             "last_log": last, "out": str(out), "levels": sampler.describe()}
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(src, dst)
+
+
 def _publish_final(out: Path) -> None:
-    """Copy the last checkpoint's model and tokenizer files into OUT itself, each by rename."""
+    """Make OUT itself the last checkpoint's model as a whole: a new folder beside OUT gets hard links
+    to everything OUT holds (checkpoints, log) plus copies of the model and tokenizer files, then
+    replaces OUT by rename. A crash leaves the old OUT; never a folder of mixed model files."""
     last = _checkpoints(out)[-1]
-    for f in last.rglob("*"):
-        if f.is_file() and f.name != STATE_FILE:
-            dest = out / f.relative_to(last)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.parent / f".{f.name}.tmp"
-            shutil.copy2(f, tmp)
-            os.replace(tmp, dest)
+    clear_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+    try:
+        for entry in out.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, tmp / entry.name, symlinks=True, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(str(entry), str(tmp / entry.name))
+        for f in last.rglob("*"):
+            if f.is_file() and f.name != STATE_FILE:
+                dest = tmp / f.relative_to(last)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.unlink(missing_ok=True)  # a link to an older file: replace it, never write through it
+                shutil.copy2(f, dest)
+        (tmp / MARKER).write_text("written by kept\n", encoding="utf-8")
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def resume_config(run_dir: str | Path, **overrides) -> HSAPConfig:

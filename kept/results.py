@@ -6,14 +6,13 @@ be mistaken for a MIMIC result.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from kept.io import atomic_path, atomic_write
+from kept.io import atomic_path, atomic_write, dump_json
 
 COLUMNS = ("stage", "system", "dataset", "data_source", "metric", "value")
 
@@ -22,7 +21,7 @@ def write_table(rows: Sequence[dict], out_dir: str | Path, name: str = "results"
     """Write rows as `name.json` and `name.md` (one line per stage/system/dataset, metrics as columns)."""
     out = Path(out_dir)
     with atomic_write(out / f"{name}.json") as fh:
-        json.dump(list(rows), fh, indent=2)
+        dump_json(list(rows), fh, indent=2)
         fh.write("\n")
     with atomic_write(out / f"{name}.md") as fh:
         fh.write(markdown_table(rows))

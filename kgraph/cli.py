@@ -10,6 +10,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from kept.argtypes import positive_int
 from kgraph import query
 
 
@@ -26,9 +27,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     from kgraph.graph import build_graph
     from kgraph.store import save_graph
 
+    from kept.io import check_out_dir
+
+    check_out_dir(args.out, args.force)  # before the build, which takes minutes on a full UMLS
     t0 = time.perf_counter()
-    G = build_graph(args.mrconso, args.lrabr, keep_suppressed=args.keep_suppressed)
-    save_graph(G, args.out)
+    G = build_graph(args.mrconso, args.lrabr, keep_suppressed=args.keep_suppressed,
+                    allow_empty=args.allow_empty)
+    save_graph(G, args.out, force=args.force)
     s = query.stats(G)
     print(f"built {s['nodes']:,} nodes, {s['edges']:,} edges in {time.perf_counter() - t0:.1f} s -> {args.out}")
     for key in ("umls", "lrabr"):
@@ -103,14 +108,26 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from kgraph.neo4j import Neo4jConfig, push_graph
+    from kgraph.neo4j import Neo4jConfig, check_uri, push_graph
 
+    check_uri(args.uri)  # before loading the graph
     G = _graph(args)
     password = args.password if args.password is not None else os.environ.get("NEO4J_PASSWORD", "")
     cfg = Neo4jConfig(uri=args.uri, user=args.user, password=password, database=args.database,
                       batch_size=args.batch_size)
-    counts = push_graph(G, cfg)
-    print(f"pushed to {args.uri}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    result = push_graph(G, cfg, sync=args.sync)
+
+    def fmt(counts: dict) -> str:
+        return ", ".join(f"{k} {v:,}" for k, v in counts.items())
+
+    print(f"pushed to {args.uri}{' (sync)' if args.sync else ''}")
+    print(f"  graph:    {fmt(result['graph'])}")
+    print(f"  database: {fmt(result['database'])}")
+    if args.sync:
+        print(f"  removed:  {fmt(result['removed'])}")
+    elif result["database"] != result["graph"]:
+        print("  the database holds items the graph does not (an earlier push?); "
+              "--sync removes them")
     return 0
 
 
@@ -128,6 +145,10 @@ def register(subparsers) -> None:
     b.add_argument("--lrabr", help="SPECIALIST Lexicon LRABR: abbreviations")
     b.add_argument("--keep-suppressed", action="store_true", help="keep SUPPRESS=O/E/Y rows")
     b.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    b.add_argument("--force", action="store_true",
+                   help="replace --out even if it is a file or a folder kept did not write")
+    b.add_argument("--allow-empty", action="store_true",
+                   help="build even when MRCONSO or LRABR adds nothing (empty, no English rows)")
     b.set_defaults(func=cmd_build)
 
     s = with_graph(sub.add_parser("show", help="a code's description, ancestors, children, siblings, terms"))
@@ -138,7 +159,7 @@ def register(subparsers) -> None:
 
     q = with_graph(sub.add_parser("search", help="codes whose terms match a text"))
     q.add_argument("text")
-    q.add_argument("--limit", type=int, default=20)
+    q.add_argument("--limit", type=positive_int, default=20)
     q.set_defaults(func=cmd_search)
 
     st = with_graph(sub.add_parser("stats", help="node and edge counts"))
@@ -155,5 +176,7 @@ def register(subparsers) -> None:
     pu.add_argument("--user", default="neo4j")
     pu.add_argument("--password", help="default: $NEO4J_PASSWORD")
     pu.add_argument("--database", help="default: the server's default database")
-    pu.add_argument("--batch-size", type=int, default=5000)
+    pu.add_argument("--batch-size", type=positive_int, default=5000)
+    pu.add_argument("--sync", action="store_true",
+                    help="also delete codes, terms and edges the graph no longer has (default: add and update only)")
     pu.set_defaults(func=cmd_push)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import networkx as nx
 
+from kept.errors import KeptError
+
 from kgraph.icd9 import load_icd9_nodes
 from kgraph.lexicon import iter_lrabr
 from kgraph.text import normalize_term
@@ -116,10 +118,13 @@ def add_abbreviations(G: nx.DiGraph, lrabr: str | Path) -> dict[str, int]:
 
 
 def build_graph(mrconso: str | Path | None = None, lrabr: str | Path | None = None, *,
-                keep_suppressed: bool = False, progress: bool = True) -> nx.DiGraph:
+                keep_suppressed: bool = False, progress: bool = True,
+                allow_empty: bool = False) -> nx.DiGraph:
     """The full graph: bundled ICD-9-CM, plus UMLS synonyms and LRABR abbreviations when given.
 
-    Abbreviations are matched against titles and synonyms, so MRCONSO is read first.
+    Abbreviations are matched against titles and synonyms, so MRCONSO is read first. A source
+    that adds nothing (empty, no English rows, nothing matching) is an error unless `allow_empty`:
+    saving such a graph over a good one would silently lose every synonym.
     """
     G = icd9_graph()
     G.graph["sources"] = ["icd9cm-cms32 (bundled)"]
@@ -130,4 +135,15 @@ def build_graph(mrconso: str | Path | None = None, lrabr: str | Path | None = No
     if lrabr is not None:
         G.graph["lrabr"] = add_abbreviations(G, lrabr)
         G.graph["sources"].append(f"LRABR: {Path(lrabr).name}")
+    empty = []
+    if mrconso is not None and not G.graph["umls"].get("codes_with_synonyms"):
+        u = G.graph["umls"]
+        empty.append(f"MRCONSO {mrconso}: {u['rows_read']} rows read, {u['rows_english']} English and "
+                     f"unsuppressed, 0 ICD9CM codes with synonyms")
+    if lrabr is not None and not G.graph["lrabr"].get("abbreviation_edges"):
+        a = G.graph["lrabr"]
+        empty.append(f"LRABR {lrabr}: {a.get('lrabr_rows', 0)} rows read, {a.get('matched_rows', 0)} matching a term")
+    if empty and not allow_empty:
+        raise KeptError("; ".join(empty) + "; the graph would get nothing from it "
+                        "(pass --allow-empty to build it anyway)")
     return G

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from kept.errors import InputFileError, require_file
-from kept.io import open_text
+from kept.io import input_error, open_text
 
 LRABR_TYPES = frozenset({"acronym", "abbreviation"})
 _N_FIELDS = 6  # five columns and the trailing pipe
@@ -29,7 +29,7 @@ class Abbreviation:
 def iter_lrabr(path: str | Path) -> Iterator[Abbreviation]:
     """Yield LRABR entries in file order; a malformed line raises with its line number."""
     path = require_file(path, "SPECIALIST Lexicon LRABR (EUI|abbreviation|type|EUI|expansion|)")
-    with open_text(path) as fh:
+    with input_error(path, "SPECIALIST LRABR, UTF-8 text"), open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.rstrip("\r\n")
             if not line:

@@ -43,10 +43,11 @@ def graph_tables(G: nx.DiGraph) -> dict[str, pd.DataFrame]:
     }
 
 
-def save_graph(G: nx.DiGraph, directory: str | Path) -> Path:
+def save_graph(G: nx.DiGraph, directory: str | Path, force: bool = False) -> Path:
+    """Write the graph's tables and meta.json; replaces only a folder kept wrote unless `force`."""
     directory = Path(directory)
     tables = graph_tables(G)
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, force=force) as tmp:
         for name, df in tables.items():
             df.to_parquet(tmp / f"{name}.parquet", index=False)
         meta = {
@@ -59,19 +60,44 @@ def save_graph(G: nx.DiGraph, directory: str | Path) -> Path:
     return directory
 
 
+def _table(directory: Path, name: str, columns: list[str]) -> pd.DataFrame:
+    """One Parquet table of a graph folder; a missing, cut-off or foreign file is one clear error."""
+    path = directory / f"{name}.parquet"
+    if not path.is_file():
+        raise InputFileError(path, "file not found (a kept graph folder has codes, terms and has_term "
+                                   "tables); rebuild it with `kept graph build`")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        raise InputFileError(path, f"not a readable Parquet table ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); "
+                                   "rebuild the graph") from exc
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputFileError(path, f"missing columns {missing}; rebuild the graph")
+    return df
+
+
 def load_graph(directory: str | Path) -> nx.DiGraph:
     directory = Path(directory)
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
         raise InputFileError(directory, "not a kept graph directory (no meta.json); "
                                         "build one with `kept graph build --out DIR`")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format_version") != FORMAT_VERSION:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputFileError(meta_path, f"not UTF-8 JSON ({exc.reason}); rebuild the graph") from exc
+    except json.JSONDecodeError as exc:
+        raise InputFileError(meta_path, f"broken JSON: {exc.msg} (column {exc.colno}); rebuild the graph",
+                             line=exc.lineno) from exc
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        meta = meta if isinstance(meta, dict) else {}
         raise InputFileError(meta_path, f"graph format {meta.get('format_version')} is not "
                                         f"{FORMAT_VERSION}; rebuild it with this version of kept")
-    codes = pd.read_parquet(directory / "codes.parquet")
-    terms = pd.read_parquet(directory / "terms.parquet")
-    has_term = pd.read_parquet(directory / "has_term.parquet")
+    codes = _table(directory, "codes", CODE_COLUMNS)
+    terms = _table(directory, "terms", ["norm", "text"])
+    has_term = _table(directory, "has_term", ["code", "term", "kind", "source"])
 
     G = nx.DiGraph(**meta.get("graph", {}))
     attrs = codes.drop(columns=["parent"]).to_dict("records")

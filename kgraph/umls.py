@@ -20,7 +20,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from kept.errors import InputFileError, require_file
-from kept.io import open_text
+from kept.io import input_error, open_text
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def icd9_code(code: str) -> str:
 def _rows(path: Path, progress: bool, desc: str) -> Iterator[list[str]]:
     """Yield every row split into fields; stop at the first malformed line with its number."""
     size = os.path.getsize(path)
-    with open_text(path) as fh, tqdm(total=size, unit="B", unit_scale=True, desc=desc,
+    with input_error(path, "UMLS MRCONSO.RRF, UTF-8 text (.gz accepted)"), open_text(path) as fh, tqdm(total=size, unit="B", unit_scale=True, desc=desc,
                                      disable=not progress, mininterval=1.0) as bar:
         pending = 0
         for lineno, line in enumerate(fh, 1):

@@ -178,3 +178,49 @@ def test_config_toml_overrides_and_errors(tmp_path):
         load_config(f)
     with pytest.raises(KeptError, match="head"):
         load_config(head="cnn")
+
+
+def test_resume_after_a_kill_gives_the_numbers_of_an_unbroken_run(tiny_longformer_dir, tiny_data_dir, tmp_path,
+                                                                    monkeypatch):
+    """Stopped after epoch 1 (OUT/last saved), then resumed: the same losses and dev metrics as a run
+    never stopped, because every RNG state (dropout draws) is saved and restored."""
+    import coder.train as ct
+
+    set_dir = tiny_data_dir / "50"
+    cfg = {**FAST, "epochs": 2}
+    whole = train_coder(set_dir, tiny_longformer_dir, tmp_path / "whole", load_config(**cfg), max_docs=8)
+
+    real = ct.make_batches
+
+    def killed_in_epoch_2(examples, batch_size, shuffle, seed=0):
+        if shuffle and seed == cfg["seed"] + 1:
+            raise KeyboardInterrupt
+        return real(examples, batch_size, shuffle, seed=seed)
+
+    monkeypatch.setattr(ct, "make_batches", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_coder(set_dir, tiny_longformer_dir, tmp_path / "broken", load_config(**cfg), max_docs=8)
+    monkeypatch.setattr(ct, "make_batches", real)
+    torch.manual_seed(123)  # the process's RNG moved on meanwhile; resume must not depend on it
+    resumed = train_coder(set_dir, tiny_longformer_dir, tmp_path / "broken", load_config(**cfg), resume=True,
+                          max_docs=8)
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in whole["history"]]
+    assert resumed["history"] == whole["history"]
+
+
+def test_empty_train_set_is_refused_and_json_has_no_nan(tiny_longformer_dir, tmp_path, capsys):
+    import io
+
+    from kept.io import dump_json
+    from tests.conftest import write_set
+
+    set_dir = write_set(tmp_path / "s", TINY_CODES, {"train": [], "dev": [("heart failure", ["428.0"])]})
+    rc = main(["coder", "train", "--data", str(set_dir), "--model", str(tiny_longformer_dir),
+               "--out", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "train.csv: no documents" in err[0], err
+    assert not (tmp_path / "run" / "best").exists()
+
+    buf = io.StringIO()
+    dump_json([{"train_loss": float("nan"), "auc": np.float32("inf")}], buf)
+    assert json.loads(buf.getvalue()) == [{"train_loss": None, "auc": None}]

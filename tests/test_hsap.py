@@ -188,3 +188,60 @@ def test_torchrun_two_processes_train_with_ddp(tiny, tmp_path):
     assert len(summaries) == 1 and summaries[0]["steps"] == 3
     assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert (out / "model.safetensors").is_file()
+
+
+def test_resume_after_a_kill_gives_the_numbers_of_an_unbroken_run(G, tiny, tmp_path, monkeypatch):
+    """Stopped after checkpoint-2, resumed to step 4: the same logged losses and the same final
+    weights as a run never stopped (RNG states saved with the checkpoint); OUT is replaced whole."""
+    from contrastive.sampling import BatchSampler as Sampler
+    from contrastive.train import resume_config
+
+    def cfg(out):
+        return HSAPConfig(model=str(tiny), out=str(out), steps=4, i=2, j=2, k=2, lr=1e-3, log_every=2,
+                          save_every=2, device="cpu")
+
+    train(cfg(tmp_path / "whole"), progress=False)
+    real = Sampler.batch
+
+    def killed_at_step_3(self, index):
+        if index == 2:
+            raise KeyboardInterrupt
+        return real(self, index)
+
+    monkeypatch.setattr(Sampler, "batch", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "broken"), progress=False)
+    monkeypatch.setattr(Sampler, "batch", real)
+    torch.manual_seed(123)
+    train(resume_config(tmp_path / "broken"), progress=False, resume=True)
+
+    def logs(out):
+        return [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+
+    assert logs(tmp_path / "broken") == logs(tmp_path / "whole")
+    a = TermEncoder.load(tmp_path / "whole").model.state_dict()
+    b = TermEncoder.load(tmp_path / "broken").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left beside OUT
+
+
+def test_final_model_is_published_whole(G, tiny, tmp_path, monkeypatch):
+    """A failure while publishing the final model leaves OUT as it was (no mix of old and new files)."""
+    import contrastive.train as ct
+
+    out = tmp_path / "run"
+    cfg = HSAPConfig(model=str(tiny), out=str(out), steps=2, i=2, j=2, k=2, save_every=2, device="cpu")
+    train(cfg, progress=False)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def crash(tmp, target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ct, "replace_dir", crash)
+    with pytest.raises(OSError):
+        train(HSAPConfig(**{**cfg.__dict__, "steps": 4, "lr": 1e-2}), progress=False, resume=True)
+    assert (out / "checkpoint-4").is_dir()  # training itself finished
+    for rel, data in before.items():
+        if not rel.parts[0].startswith("checkpoint") and rel.name not in ("train_log.jsonl", "hsap_config.json"):
+            assert (out / rel).read_bytes() == data, rel
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

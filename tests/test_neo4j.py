@@ -56,13 +56,14 @@ def test_push_is_idempotent_and_queries_match_networkx(bolt_uri, small_graph):
 
     G = small_graph
     cfg = Neo4jConfig(uri=bolt_uri, user="root", password=PASSWORD, database="kept", batch_size=500)
-    first = push_graph(G, cfg, progress=False)
+    first = push_graph(G, cfg, progress=False, sync=True)["database"]
     n_codes = sum(1 for _, d in G.nodes(data=True) if d["type"] == "code")
     n_terms = G.number_of_nodes() - n_codes
     assert first["Code"] == n_codes and first["Term"] == n_terms
     assert first["IS_A"] == sum(1 for *_, d in G.edges(data=True) if d["rel"] == "IS_A")
     assert first["HAS_TERM"] == sum(1 for *_, d in G.edges(data=True) if d["rel"] == "HAS_TERM")
-    assert push_graph(G, cfg, progress=False) == first  # a second push changes nothing
+    again = push_graph(G, cfg, progress=False)
+    assert again["database"] == first == again["graph"]  # a second push changes nothing
 
     with GraphDatabase.driver(bolt_uri, auth=("root", PASSWORD)) as driver:
         with driver.session(database="kept") as s:
@@ -83,3 +84,43 @@ def test_unreachable_server_is_a_clear_error():
     with pytest.raises(KeptError, match="cannot reach Neo4j"):
         push_graph(kgraph.build_graph(progress=False).subgraph(["250"]).copy(),
                    Neo4jConfig(uri=f"bolt://127.0.0.1:{_free_port()}", password="x"), progress=False)
+
+
+def test_sync_removes_what_the_graph_no_longer_has(bolt_uri, small_graph):
+    G = small_graph
+    cfg = Neo4jConfig(uri=bolt_uri, user="root", password=PASSWORD, database="kept", batch_size=7)
+    push_graph(G, cfg, progress=False)
+    smaller = G.copy()
+    leaf = "250.01"
+    gone_terms = [t for t in smaller.successors(leaf) if smaller.in_degree(t) == 1]
+    smaller.remove_nodes_from([leaf, *gone_terms])
+    plain = push_graph(smaller, cfg, progress=False)  # add-only: the database keeps the old items
+    assert plain["graph"]["Code"] == plain["database"]["Code"] - 1
+    synced = push_graph(smaller, cfg, progress=False, sync=True)
+    assert synced["database"] == synced["graph"]
+    assert synced["removed"]["Code"] == 1 and synced["removed"]["Term"] == len(gone_terms)
+    assert synced["removed"]["IS_A"] == 1 and synced["removed"]["HAS_TERM"] == G.out_degree(leaf) - 1
+    push_graph(G, cfg, progress=False, sync=True)  # back to the full small graph for other tests
+
+
+def test_unknown_database_is_one_line(bolt_uri, small_graph):
+    from kept.errors import KeptError
+
+    cfg = Neo4jConfig(uri=bolt_uri, user="root", password=PASSWORD, database="no_such_db")
+    with pytest.raises(KeptError, match="no_such_db") as exc:
+        push_graph(small_graph.subgraph(["250"]).copy(), cfg, progress=False)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("http://localhost:7474", "must start with one of bolt://"),
+    ("bolt//localhost", "must start with one of"),
+    ("bolt://", "malformed Neo4j URI"),
+    ("bolt://localhost:notaport", "malformed Neo4j URI"),
+])
+def test_bad_uri_is_one_line(uri, message, capsys):
+    from kept.cli import main
+
+    assert main(["graph", "push", "--uri", uri, "--password", "x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -138,3 +138,30 @@ def test_default_settings_give_full_top50_and_rare50(graph, tmp_path):
     assert meta["sets"]["full"] == {**meta["sets"]["full"], "train": 450, "dev": 60, "test": 90}
     train50 = Counter(c for d in read_split(tmp_path / "50", "train") for c in d.labels)
     assert min(train50.values()) >= 5  # every frequent code has shots to learn from
+
+
+def test_a_failed_write_keeps_the_old_data_set_whole(tmp_path, monkeypatch):
+    """The data set is written as one folder and renamed into place: a crash half-way leaves the
+    previous data set as it was and no temp folder."""
+    import coder.datasets as cd
+
+    out = tmp_path / "data"
+    argv = ["data", "synth", "--out", str(out), "--docs", "60", "--words-min", "50", "--words-max", "80",
+            "--pool-size", "40", "--top-n", "5", "--rare-n", "2", "--no-progress"]
+    assert main(argv) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = []
+    real = cd.write_codes
+
+    def crash_on_second_set(set_dir, codes):
+        calls.append(set_dir)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(set_dir, codes)
+
+    monkeypatch.setattr(cd, "write_codes", crash_on_second_set)
+    with pytest.raises(OSError):
+        main([*argv[:-1], "--seed", "5", "--no-progress"])
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -110,7 +110,7 @@ def test_seeded(graph):
 def test_rare_rule_that_cannot_be_met_is_a_clear_error(graph, tmp_path):
     with pytest.raises(KeptError, match="rare-50 rule needs 50"):
         prepare_synth(graph, tmp_path, SynthConfig(docs=10, words_min=50, words_max=60,
-                                                   progress=False))
+                                                   rare_shape="rule", progress=False))
 
 
 def test_cli_synth_then_stats(graph, tmp_path, capsys):
@@ -138,6 +138,17 @@ def test_default_settings_give_full_top50_and_rare50(graph, tmp_path):
     assert meta["sets"]["full"] == {**meta["sets"]["full"], "train": 450, "dev": 60, "test": 90}
     train50 = Counter(c for d in read_split(tmp_path / "50", "train") for c in d.labels)
     assert min(train50.values()) >= 5  # every frequent code has shots to learn from
+    # rare50 in MIMIC-III-rare50's shape (Table A.2): 250 / 20 / 142 notes, one rare code each,
+    # 5 train shots per code, codes the corpus's label pool never uses
+    assert meta["sets"]["rare50"] == {"codes": 50, "train": 250, "dev": 20, "test": 142}
+    rare = {s: read_split(tmp_path / "rare50", s) for s in SPLITS}
+    assert all(len(d.labels) == 1 for s in SPLITS for d in rare[s])
+    shots = Counter(d.labels[0] for d in rare["train"])
+    assert set(shots.values()) == {5} and set(shots) == set(read_codes(tmp_path / "rare50"))
+    assert {d.labels[0] for d in rare["test"]} <= set(shots)
+    full = {c for s in SPLITS for d in read_split(tmp_path / "full", s) for c in d.labels}
+    assert not full & set(shots)
+    assert "MIMIC-III-rare50's shape" in meta["rare50_rule"]
 
 
 def test_a_failed_write_keeps_the_old_data_set_whole(tmp_path, monkeypatch):

@@ -157,10 +157,12 @@ def test_partial_tuning_modes(tiny_longformer_dir):
     set_trainable(mlm, "lm-head")
     assert trainable() and all(n.startswith("lm_head.") for n in trainable())
     assert not mlm.longformer.embeddings.word_embeddings.weight.requires_grad  # tied decoder stays frozen
+    # the paper's partial tuning: the LM head plus one layer
     set_trainable(mlm, "first-layer")
-    assert trainable() and all(n.startswith("longformer.encoder.layer.0.") for n in trainable())
+    assert trainable() and all(n.startswith(("longformer.encoder.layer.0.", "lm_head.")) for n in trainable())
+    assert any(n.startswith("lm_head.") for n in trainable())
     set_trainable(mlm, "last-layer")
-    assert all(n.startswith("longformer.encoder.layer.1.") for n in trainable())
+    assert all(n.startswith(("longformer.encoder.layer.1.", "lm_head.")) for n in trainable())
     set_trainable(mlm, "all")
     assert len(trainable()) == len(list(mlm.parameters()))
     with pytest.raises(KeptError, match="train mode"):

@@ -11,7 +11,8 @@ def cmd_longify(args: argparse.Namespace) -> int:
     from coder.longify import longify
 
     out = longify(args.model, args.out, max_length=args.max_length, attention_window=args.attention_window)
-    print(f"wrote {out} (Longformer MLM, {args.max_length} tokens, window {args.attention_window})")
+    window = args.attention_window or "the source's (Longformer) or 512"
+    print(f"wrote {out} (Longformer MLM, {args.max_length} tokens, window {window})")
     return 0
 
 
@@ -115,10 +116,12 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     model = subparsers.add_parser("model", help="prepare language models (longify)")
     model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND")
-    p = model_sub.add_parser("longify", help="BERT/RoBERTa MLM -> Longformer MLM (positions tiled)")
+    p = model_sub.add_parser("longify", help="BERT/RoBERTa MLM -> Longformer MLM, or a Longformer to more "
+                                             "positions (positions tiled)")
     p.add_argument("--model", required=True, help="source checkpoint folder")
     p.add_argument("--max-length", type=int, default=4096, help="tokens of the long model (e.g. 4096, 8192)")
-    p.add_argument("--attention-window", type=int, default=512, help="sliding window, even (default 512)")
+    p.add_argument("--attention-window", type=int,
+                   help="sliding window, even (default 512; a Longformer source keeps its own)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_longify)
     model.set_defaults(func=lambda a: model.print_help() or 2)

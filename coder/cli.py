@@ -23,6 +23,7 @@ def _config(args: argparse.Namespace):
     return load_config(
         args.config, head=args.head, template=args.template, prompt_codes=args.prompt_codes,
         global_stride=args.global_stride, max_length=args.max_length, verbalizer=verbalizer,
+        verbalizer_form=args.verbalizer_form,
         train_mode=args.train, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
         eval_batch_size=args.eval_batch_size, lr=args.lr, precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing, device=args.device, seed=args.seed, graph=args.graph)
@@ -77,7 +78,11 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--global-stride", type=int, help="global attention on every s-th prompt token (default 1)")
     p.add_argument("--max-length", type=int, help="input tokens (default: the model's limit)")
     p.add_argument("--verbalizer", help="positive,negative words (default yes,no)")
-    p.add_argument("--train", choices=("all", "lm-head", "first-layer", "last-layer"), help="what to tune")
+    p.add_argument("--verbalizer-form", choices=("spaced", "bare"),
+                   help="BPE tokenizers: space-prefixed tokens `Ġyes` (default) or bare `yes` (KEPT's code; use "
+                        "it for a KEPT checkpoint); WordPiece: no difference")
+    p.add_argument("--train", choices=("all", "lm-head", "first-layer", "last-layer", "bitfit"),
+                   help="what to tune: all; lm-head; first-layer / last-layer (+ LM head); bitfit (biases + LM head)")
     p.add_argument("--epochs", type=int, help="0 = zero-shot evaluation on dev (default 20)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int)

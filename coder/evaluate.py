@@ -45,10 +45,11 @@ def effective_max_length(model: nn.Module, config: CoderConfig) -> int:
     return min(config.max_length, limit) if config.max_length else limit
 
 
-def build_scorer(head: str, model_path: str | Path, tokenizer, verbalizer: Sequence[str]) -> nn.Module:
+def build_scorer(head: str, model_path: str | Path, tokenizer, verbalizer: Sequence[str],
+                 verbalizer_form: str = "spaced") -> nn.Module:
     """The scorer module for a checkpoint folder: PromptCoder (MLM + verbalizer) or label attention."""
     if head == "prompt":
-        v = build_verbalizer(tokenizer, verbalizer)
+        v = build_verbalizer(tokenizer, verbalizer, verbalizer_form)
         return PromptCoder(load_mlm(model_path), v.yes_id, v.no_id)
     from coder.label_attention import LabelAttentionCoder
 
@@ -60,7 +61,7 @@ def load_coder(path: str | Path, device: str = "auto") -> Coder:
     info = read_coder_file(path)
     config: CoderConfig = info["config"]
     tokenizer = load_tokenizer(path)
-    model = build_scorer(info["head"], path, tokenizer, info["verbalizer"])
+    model = build_scorer(info["head"], path, tokenizer, info["verbalizer"], config.verbalizer_form)
     dev = pick_device(device if device != "auto" else config.device)
     model.to(dev).eval()
     return Coder(model, tokenizer, config, info["codes"], info["descriptions"], info["threshold"], dev,

@@ -95,7 +95,7 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     dev_docs = read_split(set_dir, "dev")[:max_docs]
     descriptions = code_descriptions(codes, config.graph)
     tokenizer = load_tokenizer(model_path)
-    model = build_scorer(config.head, model_path, tokenizer, config.verbalizer)
+    model = build_scorer(config.head, model_path, tokenizer, config.verbalizer, config.verbalizer_form)
     max_length = effective_max_length(model, config)
     with_masks = config.head == "prompt"
     prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template, with_masks)

@@ -143,22 +143,48 @@ def test_label_attention_baseline_trains(tiny_longformer_dir, tiny_data_dir, tmp
 
 
 def test_partial_tuning_modes(tiny_longformer_dir):
+    # The paper tunes "LM head and first/last encoder layer": the head trains in every partial mode.
     mlm = load_mlm(tiny_longformer_dir)
+    params = dict(mlm.named_parameters())  # shared (tied) tensors listed once
 
     def trainable():
-        return {n for n, p in mlm.named_parameters() if p.requires_grad}
+        return {n for n, p in params.items() if p.requires_grad}
 
-    set_trainable(mlm, "lm-head")
-    assert trainable() and all(n.startswith("lm_head.") for n in trainable())
+    def count(names):
+        return sum(params[n].numel() for n in names)
+
+    head = {n for n in params if n.startswith("lm_head.")}  # the tied decoder is listed as the embeddings
+    assert head and "longformer.embeddings.word_embeddings.weight" in params
+    layer0 = {n for n in params if n.startswith("longformer.encoder.layer.0.")}
+    layer1 = {n for n in params if n.startswith("longformer.encoder.layer.1.")}
+    biases = {n for n in params if n.endswith("bias")}
+
+    n = set_trainable(mlm, "lm-head")
+    assert trainable() == head and n == count(head)
     assert not mlm.longformer.embeddings.word_embeddings.weight.requires_grad  # tied decoder stays frozen
-    set_trainable(mlm, "first-layer")
-    assert trainable() and all(n.startswith("longformer.encoder.layer.0.") for n in trainable())
-    set_trainable(mlm, "last-layer")
-    assert all(n.startswith("longformer.encoder.layer.1.") for n in trainable())
-    set_trainable(mlm, "all")
-    assert len(trainable()) == len(list(mlm.parameters()))
+    n = set_trainable(mlm, "first-layer")
+    assert trainable() == layer0 | head and n == count(layer0) + count(head)
+    n = set_trainable(mlm, "last-layer")
+    assert trainable() == layer1 | head and n == count(layer1) + count(head)
+    n = set_trainable(mlm, "bitfit")
+    assert trainable() == biases | head and n == count(biases | head)
+    assert "longformer.encoder.layer.0.attention.self.query_global.bias" in trainable()
+    assert not mlm.longformer.encoder.layer[0].attention.self.query.weight.requires_grad
+    n = set_trainable(mlm, "all")
+    assert len(trainable()) == len(params) and n == sum(p.numel() for p in mlm.parameters())
     with pytest.raises(KeptError, match="train mode"):
         set_trainable(mlm, "half")
+
+
+def test_partial_modes_with_a_label_attention_head_train_that_head(tiny_longformer_dir):
+    from coder.modeling import load_encoder
+
+    enc = load_encoder(tiny_longformer_dir)
+    head = torch.nn.Linear(4, 4)
+    n = set_trainable(enc, "last-layer", head)
+    names = {n for n, p in enc.named_parameters() if p.requires_grad}
+    assert names and all(".layer.1." in n for n in names) and head.weight.requires_grad
+    assert n == sum(p.numel() for p in enc.encoder.layer[1].parameters())
 
 
 def test_config_toml_overrides_and_errors(tmp_path):
@@ -172,3 +198,6 @@ def test_config_toml_overrides_and_errors(tmp_path):
         load_config(f)
     with pytest.raises(KeptError, match="head"):
         load_config(head="cnn")
+    assert load_config().verbalizer_form == "spaced" and load_config(verbalizer_form="bare").verbalizer_form == "bare"
+    with pytest.raises(KeptError, match="verbalizer form"):
+        load_config(verbalizer_form="prefixed")

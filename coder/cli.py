@@ -23,7 +23,7 @@ def _config(args: argparse.Namespace):
     return load_config(
         args.config, head=args.head, template=args.template, prompt_codes=args.prompt_codes,
         global_stride=args.global_stride, max_length=args.max_length, verbalizer=verbalizer,
-        verbalizer_form=args.verbalizer_form,
+        verbalizer_form=args.verbalizer_form, threshold_search=args.threshold_search,
         train_mode=args.train, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
         eval_batch_size=args.eval_batch_size, lr=args.lr, precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing, device=args.device, seed=args.seed, graph=args.graph)
@@ -81,6 +81,8 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verbalizer-form", choices=("spaced", "bare"),
                    help="BPE tokenizers: space-prefixed tokens `Ġyes` (default) or bare `yes` (KEPT's code; use "
                         "it for a KEPT checkpoint); WordPiece: no difference")
+    p.add_argument("--threshold-search", choices=("grid", "exact"),
+                   help="dev threshold: grid 0.01..0.99 (default) or exact (every distinct dev score)")
     p.add_argument("--train", choices=("all", "lm-head", "first-layer", "last-layer", "bitfit"),
                    help="what to tune: all; lm-head; first-layer / last-layer (+ LM head); bitfit (biases + LM head)")
     p.add_argument("--epochs", type=int, help="0 = zero-shot evaluation on dev (default 20)")

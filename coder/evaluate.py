@@ -71,8 +71,9 @@ def load_coder(path: str | Path, device: str = "auto") -> Coder:
 @torch.no_grad()
 def predict_examples(model: nn.Module, tokenizer, examples: list[Example], prompts: list[EncodedPrompt],
                      n_docs: int, codes: Sequence[str], config: CoderConfig, device: torch.device,
-                     progress: bool = True) -> np.ndarray:
-    """Probabilities (docs, codes): every example's chunk scores put back in the code's column."""
+                     progress: bool = True, logits: bool = False) -> np.ndarray:
+    """Probabilities (docs, codes): every example's chunk scores put back in the code's column;
+    `logits=True`: the raw scores (logit(yes) - logit(no)) instead, float32, which do not saturate."""
     col = {c: j for j, c in enumerate(codes)}
     cols = [np.array([col[c] for c in p.codes]) for p in prompts]
     out = np.zeros((n_docs, len(codes)), dtype=np.float32)
@@ -87,8 +88,8 @@ def predict_examples(model: nn.Module, tokenizer, examples: list[Example], promp
         batch = collate(exs, prompts[chunk], tokenizer.pad_token_id, config.global_stride, with_masks)
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(device, dtype):
-            logits = model(batch)
-        probs = torch.sigmoid(logits.float()).cpu().numpy()
+            raw = model(batch).float()
+        probs = (raw if logits else torch.sigmoid(raw)).cpu().numpy()
         for e, p in zip(exs, probs):
             out[e.doc, cols[chunk]] = p
     model.train(was_training)
@@ -97,11 +98,12 @@ def predict_examples(model: nn.Module, tokenizer, examples: list[Example], promp
 
 def score_codes(model: nn.Module, tokenizer, note_text: str | Sequence[str], codes: Sequence[str],
                 descriptions: dict[str, str], config: CoderConfig, device: torch.device | None = None,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False, logits: bool = False) -> np.ndarray:
     """P(code | note) for an arbitrary list of codes, in prompts of `config.prompt_codes` codes.
 
     `model` is a scorer module (`Coder.model`: PromptCoder or LabelAttentionCoder). One note (str)
     gives shape (len(codes),); a list of notes gives (notes, len(codes)). Column j is codes[j].
+    `logits=True` returns the raw scores (sigmoid of them = the probabilities).
     """
     single = isinstance(note_text, str)
     texts = [note_text] if single else list(note_text)
@@ -109,7 +111,8 @@ def score_codes(model: nn.Module, tokenizer, note_text: str | Sequence[str], cod
     prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template,
                             with_masks=config.head == "prompt")
     examples = build_examples(tokenizer, texts, None, prompts, effective_max_length(model, config))
-    scores = predict_examples(model, tokenizer, examples, prompts, len(texts), codes, config, device, progress)
+    scores = predict_examples(model, tokenizer, examples, prompts, len(texts), codes, config, device, progress,
+                              logits=logits)
     return scores[0] if single else scores
 
 
@@ -149,10 +152,12 @@ def evaluate_checkpoint(checkpoint: str | Path, set_dir: str | Path, out_dir: st
                     **coder.descriptions}
     if codes != coder.codes:
         log.info("set has a different label list than the checkpoint: scoring the set's %d codes", len(codes))
-    scores = score_codes(coder.model, coder.tokenizer, [d.text for d in docs], codes, descriptions,
-                         coder.config, coder.device, progress=True)
+    logits = score_codes(coder.model, coder.tokenizer, [d.text for d in docs], codes, descriptions,
+                         coder.config, coder.device, progress=True, logits=True)
+    scores = torch.sigmoid(torch.from_numpy(logits)).numpy()  # what the threshold applies to
     y = label_matrix(docs, codes)
-    metrics = all_metrics(y, scores, coder.threshold, ks=tuple(ks))
+    # Ranking metrics on the logits: float32 sigmoids tie at 1.0 and make P@k depend on code order.
+    metrics = all_metrics(y, scores, coder.threshold, ks=tuple(ks), rank_score=logits)
     meta_file = set_dir.parent / "dataset.json"
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     result = {"system": system or SYSTEM_NAMES[coder.config.head], "dataset": set_dir.name, "split": split,
@@ -162,7 +167,7 @@ def evaluate_checkpoint(checkpoint: str | Path, set_dir: str | Path, out_dir: st
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / f"{split}_scores.npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, y_true=y, y_score=scores.astype(np.float32),
+            np.savez_compressed(fh, y_true=y, y_score=scores.astype(np.float32), logits=logits.astype(np.float32),
                                 hadm_ids=np.array([d.hadm_id for d in docs], dtype=str),
                                 codes=np.array(codes, dtype=str))
     with atomic_write(out / "metrics.json") as fh:

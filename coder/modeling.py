@@ -212,12 +212,15 @@ class CoderConfig:
     device: str = "auto"
     seed: int = 42
     graph: str | None = None  # graph dir for code descriptions; None = bundled ICD-9 titles
+    threshold_search: str = "grid"  # dev threshold: grid 0.01..0.99 | exact (every distinct dev score)
 
     def validate(self) -> "CoderConfig":
         if self.head not in HEADS:
             raise KeptError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
         if self.train_mode not in TRAIN_MODES:
             raise KeptError(f"unknown train mode {self.train_mode!r}; choose one of {', '.join(TRAIN_MODES)}")
+        if self.threshold_search not in ("grid", "exact"):
+            raise KeptError(f"unknown threshold search {self.threshold_search!r}; choose grid or exact")
         if self.verbalizer_form not in ("spaced", "bare"):
             raise KeptError(f"unknown verbalizer form {self.verbalizer_form!r}; choose spaced or bare")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):

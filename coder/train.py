@@ -56,7 +56,7 @@ def _dev_eval(model, tokenizer, examples, prompts, docs, codes, config, device) 
 
     scores = predict_examples(model, tokenizer, examples, prompts, len(docs), codes, config, device)
     y = label_matrix(docs, codes)
-    threshold = tune_threshold(y, scores)
+    threshold = tune_threshold(y, scores, grid=config.threshold_search)
     return threshold, all_metrics(y, scores, threshold)
 
 

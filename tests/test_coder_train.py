@@ -85,6 +85,13 @@ def test_training_lowers_loss_resumes_and_evaluates(tiny_longformer_dir, tiny_da
     assert npz["y_true"].shape == npz["y_score"].shape == (len(test), len(TINY_CODES))
     assert list(npz["codes"]) == TINY_CODES and list(npz["hadm_ids"]) == [d.hadm_id for d in test]
     assert npz["y_true"][0].tolist() == [int(c in test[0].labels) for c in TINY_CODES]
+    # raw logits kept beside the sigmoids (which tie at 1.0 in float32); P@k ranks by them
+    assert npz["logits"].shape == npz["y_score"].shape
+    assert np.allclose(npz["y_score"], 1 / (1 + np.exp(-npz["logits"].astype(np.float64))), atol=1e-6)
+    from coder.metrics import all_metrics
+
+    assert res["metrics"]["p@5"] == all_metrics(npz["y_true"], npz["y_score"], res["threshold"],
+                                               rank_score=npz["logits"])["p@5"]
 
 
 def test_zero_shot_cli_train_eval_predict(tiny_longformer_dir, tiny_data_dir, tmp_path, capsys):
@@ -201,3 +208,6 @@ def test_config_toml_overrides_and_errors(tmp_path):
     assert load_config().verbalizer_form == "spaced" and load_config(verbalizer_form="bare").verbalizer_form == "bare"
     with pytest.raises(KeptError, match="verbalizer form"):
         load_config(verbalizer_form="prefixed")
+    assert load_config().threshold_search == "grid" and load_config(threshold_search="exact").threshold_search == "exact"
+    with pytest.raises(KeptError, match="threshold search"):
+        load_config(threshold_search="best")

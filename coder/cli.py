@@ -15,7 +15,8 @@ def cmd_longify(args: argparse.Namespace) -> int:
 
     out = longify(args.model, args.out, max_length=args.max_length, attention_window=args.attention_window,
                   force=args.force)
-    print(f"wrote {out} (Longformer MLM, {args.max_length} tokens, window {args.attention_window})")
+    window = args.attention_window or "the source's (Longformer) or 512"
+    print(f"wrote {out} (Longformer MLM, {args.max_length} tokens, window {window})")
     return 0
 
 
@@ -26,6 +27,7 @@ def _config(args: argparse.Namespace):
     return load_config(
         args.config, head=args.head, template=args.template, prompt_codes=args.prompt_codes,
         global_stride=args.global_stride, max_length=args.max_length, verbalizer=verbalizer,
+        verbalizer_form=args.verbalizer_form, threshold_search=args.threshold_search,
         train_mode=args.train, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
         eval_batch_size=args.eval_batch_size, lr=args.lr, precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing, device=args.device, seed=args.seed, graph=args.graph)
@@ -89,7 +91,13 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--global-stride", type=positive_int, help="global attention on every s-th prompt token (default 1)")
     p.add_argument("--max-length", type=positive_int, help="input tokens (default: the model's limit)")
     p.add_argument("--verbalizer", help="positive,negative words (default yes,no)")
-    p.add_argument("--train", choices=("all", "lm-head", "first-layer", "last-layer"), help="what to tune")
+    p.add_argument("--verbalizer-form", choices=("spaced", "bare"),
+                   help="BPE tokenizers: space-prefixed tokens `Ġyes` (default) or bare `yes` (KEPT's code; use "
+                        "it for a KEPT checkpoint); WordPiece: no difference")
+    p.add_argument("--threshold-search", choices=("grid", "exact"),
+                   help="dev threshold: grid 0.01..0.99 (default) or exact (every distinct dev score)")
+    p.add_argument("--train", choices=("all", "lm-head", "first-layer", "last-layer", "bitfit"),
+                   help="what to tune: all; lm-head; first-layer / last-layer (+ LM head); bitfit (biases + LM head)")
     p.add_argument("--epochs", type=nonnegative_int, help="0 = zero-shot evaluation on dev (default 20)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--grad-accum", type=positive_int)
@@ -128,10 +136,12 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     model = subparsers.add_parser("model", help="prepare language models (longify)")
     model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND")
-    p = model_sub.add_parser("longify", help="BERT/RoBERTa MLM -> Longformer MLM (positions tiled)")
+    p = model_sub.add_parser("longify", help="BERT/RoBERTa MLM -> Longformer MLM, or a Longformer to more "
+                                             "positions (positions tiled)")
     p.add_argument("--model", required=True, help="source checkpoint folder")
     p.add_argument("--max-length", type=positive_int, default=4096, help="tokens of the long model (e.g. 4096, 8192)")
-    p.add_argument("--attention-window", type=positive_int, default=512, help="sliding window, even (default 512)")
+    p.add_argument("--attention-window", type=positive_int,
+                   help="sliding window, even (default 512; a Longformer source keeps its own)")
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true",
                    help="replace --out even if it is a file or a folder kept did not write")

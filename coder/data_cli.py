@@ -63,7 +63,7 @@ def run_mimic(args: argparse.Namespace) -> int:
     cfg = load_config(MimicConfig, args.config, "mimic", {
         "seed": args.seed, "top_n": args.top_n, "rare_n": args.rare_n,
         "rare_max_count": args.rare_max_count, "rare_min_train": args.rare_min_train,
-        "rare_exclude": exclude, "chunksize": args.chunksize,
+        "rare_exclude": exclude, "chunksize": args.chunksize, "rare50": args.rare50,
         "lowercase": False if args.keep_case else None, "progress": False if args.no_progress else None})
     start = time.perf_counter()
     check_out_dir(args.out, args.force)
@@ -136,7 +136,10 @@ def register(subparsers) -> None:
     m.add_argument("--out", required=True, help="output data-set folder")
     m.add_argument("--splits", help="folder with CAML's {train,dev,test}_{full,50}_hadm_ids.csv; "
                                     "without it a seeded patient-level split is made")
-    m.add_argument("--rare-exclude", help="file of codes kept out of rare-50 (one a line)")
+    m.add_argument("--rare50", choices=["kept", "rule"],
+                   help="kept (default): KEPT's released 249/20/142 admissions and their rare codes; "
+                        "rule: the paper's rule applied to this data (the --rare-* options)")
+    m.add_argument("--rare-exclude", help="file of codes kept out of rare-50 (one a line; --rare50 rule)")
     m.add_argument("--keep-case", action="store_true", help="do not lower-case notes")
     m.add_argument("--chunksize", type=positive_int, help="NOTEEVENTS rows read at a time (default 20000)")
     _rare_args(m)

@@ -169,12 +169,14 @@ def select_rare50(train_docs: Sequence[Document], test_docs: Sequence[Document],
 def derive_sets(splits: dict[str, list[Document]], top_n: int = 50, rare_n: int = 50,
                 rare_max_count: int = 10, rare_exclude: Iterable[str] = (), seed: int = 0,
                 rare_min_train: int = 1, splits_50: dict[str, list[Document]] | None = None,
-                with_rare: bool = True) -> dict[str, tuple[list[str], dict[str, list[Document]]]]:
+                rare: tuple[list[str], dict[str, list[Document]]] | None = None
+                ) -> dict[str, tuple[list[str], dict[str, list[Document]]]]:
     """The three sets from the full splits: {set name: (codes, {split: docs})}.
 
     full: every code, most frequent first. 50: the top_n codes over train+dev+test, docs with at
     least one of them (or the docs of `splits_50`, CAML's own -50 id lists, labels restricted).
-    rare50: `select_rare50` over the full splits, docs with at least one of its codes.
+    rare50: `select_rare50` over the full splits, docs with at least one of its codes; or `rare`,
+    a ready (codes, {split: docs}) pair (KEPT's released lists), taken as it is.
     """
     if top_n < 1 or rare_n < 1 or rare_max_count < 1:
         raise KeptError(f"top_n, rare_n and rare_max_count must be >= 1; got {top_n}, {rare_n}, {rare_max_count}")
@@ -182,16 +184,16 @@ def derive_sets(splits: dict[str, list[Document]], top_n: int = 50, rare_n: int 
     full_codes = by_frequency(code_counts(everything))
     top = top_codes(everything, top_n)
     source_50 = splits_50 if splits_50 is not None else splits
-    sets = {
+    if rare is None:
+        codes = select_rare50(splits["train"], splits["test"], max_count=rare_max_count, n=rare_n,
+                              exclude=rare_exclude, seed=seed, all_docs=everything,
+                              min_train=rare_min_train)
+        rare = (codes, {s: restrict(splits[s], codes) for s in SPLITS})
+    return {
         "full": (full_codes, splits),
         "50": (top, {s: restrict(source_50[s], top, drop_empty=splits_50 is None) for s in SPLITS}),
+        "rare50": rare,
     }
-    if with_rare:  # `with_rare=False`: the caller builds rare50 another way
-        rare = select_rare50(splits["train"], splits["test"], max_count=rare_max_count, n=rare_n,
-                             exclude=rare_exclude, seed=seed, all_docs=everything,
-                             min_train=rare_min_train)
-        sets["rare50"] = (rare, {s: restrict(splits[s], rare) for s in SPLITS})
-    return sets
 
 
 def write_dataset(out_dir: str | Path, sets: dict[str, tuple[list[str], dict[str, list[Document]]]],

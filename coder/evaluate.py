@@ -46,10 +46,11 @@ def effective_max_length(model: nn.Module, config: CoderConfig) -> int:
     return min(config.max_length, limit) if config.max_length else limit
 
 
-def build_scorer(head: str, model_path: str | Path, tokenizer, verbalizer: Sequence[str]) -> nn.Module:
+def build_scorer(head: str, model_path: str | Path, tokenizer, verbalizer: Sequence[str],
+                 verbalizer_form: str = "spaced") -> nn.Module:
     """The scorer module for a checkpoint folder: PromptCoder (MLM + verbalizer) or label attention."""
     if head == "prompt":
-        v = build_verbalizer(tokenizer, verbalizer)
+        v = build_verbalizer(tokenizer, verbalizer, verbalizer_form)
         return PromptCoder(load_mlm(model_path), v.yes_id, v.no_id)
     from coder.label_attention import LabelAttentionCoder
 
@@ -66,7 +67,7 @@ def load_coder(path: str | Path, device: str = "auto") -> Coder:
         return Coder(TfidfLR.load(path), None, config, info["codes"], info["descriptions"], info["threshold"],
                      torch.device("cpu"), 0)
     tokenizer = load_tokenizer(path)
-    model = build_scorer(info["head"], path, tokenizer, info["verbalizer"])
+    model = build_scorer(info["head"], path, tokenizer, info["verbalizer"], config.verbalizer_form)
     dev = pick_device(device if device != "auto" else config.device)
     model.to(dev).eval()
     return Coder(model, tokenizer, config, info["codes"], info["descriptions"], info["threshold"], dev,
@@ -76,8 +77,9 @@ def load_coder(path: str | Path, device: str = "auto") -> Coder:
 @torch.no_grad()
 def predict_examples(model: nn.Module, tokenizer, examples: list[Example], prompts: list[EncodedPrompt],
                      n_docs: int, codes: Sequence[str], config: CoderConfig, device: torch.device,
-                     progress: bool = True) -> np.ndarray:
-    """Probabilities (docs, codes): every example's chunk scores put back in the code's column."""
+                     progress: bool = True, logits: bool = False) -> np.ndarray:
+    """Probabilities (docs, codes): every example's chunk scores put back in the code's column;
+    `logits=True`: the raw scores (logit(yes) - logit(no)) instead, float32, which do not saturate."""
     col = {c: j for j, c in enumerate(codes)}
     cols = [np.array([col[c] for c in p.codes]) for p in prompts]
     out = np.zeros((n_docs, len(codes)), dtype=np.float32)
@@ -92,8 +94,8 @@ def predict_examples(model: nn.Module, tokenizer, examples: list[Example], promp
         batch = collate(exs, prompts[chunk], tokenizer.pad_token_id, config.global_stride, with_masks)
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(device, dtype):
-            logits = model(batch)
-        probs = torch.sigmoid(logits.float()).cpu().numpy()
+            raw = model(batch).float()
+        probs = (raw if logits else torch.sigmoid(raw)).cpu().numpy()
         for e, p in zip(exs, probs):
             out[e.doc, cols[chunk]] = p
     model.train(was_training)
@@ -102,22 +104,24 @@ def predict_examples(model: nn.Module, tokenizer, examples: list[Example], promp
 
 def score_codes(model: nn.Module, tokenizer, note_text: str | Sequence[str], codes: Sequence[str],
                 descriptions: dict[str, str], config: CoderConfig, device: torch.device | None = None,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False, logits: bool = False) -> np.ndarray:
     """P(code | note) for an arbitrary list of codes, in prompts of `config.prompt_codes` codes.
 
     `model` is a scorer module (`Coder.model`: PromptCoder or LabelAttentionCoder). One note (str)
     gives shape (len(codes),); a list of notes gives (notes, len(codes)). Column j is codes[j].
+    `logits=True` returns the raw scores (sigmoid of them = the probabilities).
     """
     single = isinstance(note_text, str)
     texts = [note_text] if single else list(note_text)
     if not isinstance(model, nn.Module):  # the TF-IDF baseline reads text, not token ids
-        scores = model.scores(texts, codes)
+        scores = model.logits(texts, codes) if logits else model.scores(texts, codes)
         return scores[0] if single else scores
     device = device or next(model.parameters()).device
     prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template,
                             with_masks=config.head == "prompt")
     examples = build_examples(tokenizer, texts, None, prompts, effective_max_length(model, config))
-    scores = predict_examples(model, tokenizer, examples, prompts, len(texts), codes, config, device, progress)
+    scores = predict_examples(model, tokenizer, examples, prompts, len(texts), codes, config, device, progress,
+                              logits=logits)
     return scores[0] if single else scores
 
 
@@ -157,17 +161,19 @@ def evaluate_checkpoint(checkpoint: str | Path, set_dir: str | Path, out_dir: st
                     **coder.descriptions}
     if codes != coder.codes:
         log.info("set has a different label list than the checkpoint: scoring the set's %d codes", len(codes))
-    scores = score_codes(coder.model, coder.tokenizer, [d.text for d in docs], codes, descriptions,
-                         coder.config, coder.device, progress=True)
+    logits = score_codes(coder.model, coder.tokenizer, [d.text for d in docs], codes, descriptions,
+                         coder.config, coder.device, progress=True, logits=True)
+    scores = torch.sigmoid(torch.from_numpy(logits)).numpy()  # what the threshold applies to
     y = label_matrix(docs, codes)
-    metrics = all_metrics(y, scores, coder.threshold, ks=tuple(ks))
+    # Ranking metrics on the logits: float32 sigmoids tie at 1.0 and make P@k depend on code order.
+    metrics = all_metrics(y, scores, coder.threshold, ks=tuple(ks), rank_score=logits)
     return write_eval(out_dir, system or SYSTEM_NAMES[coder.config.head], set_dir, split, coder.config.seed,
-                      coder.threshold, str(checkpoint), docs, codes, y, scores, metrics, coder.config.graph)
+                      coder.threshold, str(checkpoint), docs, codes, y, scores, metrics, coder.config.graph, logits)
 
 
 def write_eval(out_dir: str | Path, system: str, set_dir: Path, split: str, seed: int, threshold: float,
                checkpoint: str, docs, codes: Sequence[str], y: np.ndarray, scores: np.ndarray, metrics: dict,
-               graph: str | None = None) -> dict:
+               graph: str | None = None, logits: np.ndarray | None = None) -> dict:
     """The run layout every scorer writes (metrics.json + <split>_scores.npz), so `kept report`
     compares any two systems the same way; the hierarchical figures over `graph` are added."""
     from coder.hierarchy_metrics import hierarchical_block
@@ -182,7 +188,8 @@ def write_eval(out_dir: str | Path, system: str, set_dir: Path, split: str, seed
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / f"{split}_scores.npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, y_true=y, y_score=scores.astype(np.float32),
+            extra = {} if logits is None else {"logits": logits.astype(np.float32)}
+            np.savez_compressed(fh, y_true=y, y_score=scores.astype(np.float32), **extra,
                                 hadm_ids=np.array([d.hadm_id for d in docs], dtype=str),
                                 codes=np.array(codes, dtype=str))
     with atomic_write(out / "metrics.json") as fh:

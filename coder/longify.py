@@ -1,6 +1,10 @@
 """BERT/RoBERTa -> Longformer (the Longformer authors' recipe): tile the position table to the new
 length, copy each layer's q/k/v into the global q/k/v, keep every other weight, and carry the MLM
-head over (or create one tied to the word embeddings when the checkpoint has none, e.g. MiniLM)."""
+head over (or create one tied to the word embeddings when the checkpoint has none, e.g. MiniLM).
+
+A Longformer source (Clinical-Longformer: 4,096 positions) is extended the same way to more
+positions (8,192, the paper's length): its first positions are kept, the rest tiled from them, and
+its trained global projections and attention windows are kept."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from kept.io import atomic_dir, check_out_dir
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_SOURCES = {"bert", "roberta", "xlm-roberta", "camembert"}
+SUPPORTED_SOURCES = {"bert", "roberta", "xlm-roberta", "camembert", "longformer"}
 
 
 def long_config(src_config, max_length: int, attention_window: int):
@@ -77,8 +81,25 @@ def _head_state(src_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def longify_model(src: nn.Module, max_length: int = 4096, attention_window: int = 512) -> nn.Module:
+def extended_config(src_config, max_length: int, attention_window: int | None):
+    """A Longformer source's config with `max_length` positions (and a new window if given)."""
+    from transformers import LongformerConfig
+
+    cfg = LongformerConfig.from_dict(src_config.to_dict())
+    cfg.max_position_embeddings = max_length + cfg.pad_token_id + 1
+    if attention_window is not None:
+        if attention_window <= 0 or attention_window % 2:
+            raise KeptError(f"--attention-window must be a positive even number, got {attention_window}")
+        cfg.attention_window = [attention_window] * cfg.num_hidden_layers
+    return cfg
+
+
+def longify_model(src: nn.Module, max_length: int = 4096, attention_window: int | None = None) -> nn.Module:
     """Return a LongformerForMaskedLM holding `src`'s weights (a *ForMaskedLM or a bare encoder).
+
+    `attention_window`: None = 512 for a BERT/RoBERTa source, the source's own for a Longformer.
+    A Longformer source must be extended (`max_length` above its positions): it keeps its first
+    positions and global q/k/v; the new rows are tiled from its learned ones.
 
     A source without an MLM head gets one: decoder tied to the word embeddings, transform dense
     initialised to the identity (so the head starts as gelu + layer norm + embedding similarity,
@@ -87,15 +108,20 @@ def longify_model(src: nn.Module, max_length: int = 4096, attention_window: int 
     from transformers import LongformerForMaskedLM
 
     cfg = src.config
-    if cfg.model_type == "longformer":
-        raise KeptError("checkpoint is already a Longformer: use it directly")
     if cfg.model_type not in SUPPORTED_SOURCES:
-        raise KeptError(f"longify knows BERT and RoBERTa-style checkpoints, not {cfg.model_type!r}")
+        raise KeptError(f"longify knows BERT, RoBERTa-style and Longformer checkpoints, not {cfg.model_type!r}")
     if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
         raise KeptError("longify needs absolute position embeddings")
-    if max_length <= model_max_length(cfg):
-        log.warning("max length %d is not longer than the source's %d", max_length, model_max_length(cfg))
-    long_cfg = long_config(cfg, max_length, attention_window)
+    from_longformer = cfg.model_type == "longformer"
+    if from_longformer:
+        if max_length <= model_max_length(cfg):
+            raise KeptError(f"checkpoint is already a Longformer of {model_max_length(cfg)} tokens: use it "
+                            f"directly, or ask for more than that to extend it")
+        long_cfg = extended_config(cfg, max_length, attention_window)
+    else:
+        if max_length <= model_max_length(cfg):
+            log.warning("max length %d is not longer than the source's %d", max_length, model_max_length(cfg))
+        long_cfg = long_config(cfg, max_length, 512 if attention_window is None else attention_window)
     long_model = LongformerForMaskedLM(long_cfg).eval()
 
     src_sd = src.state_dict()
@@ -113,7 +139,7 @@ def longify_model(src: nn.Module, max_length: int = 4096, attention_window: int 
             out[name] = table
         elif name in new_sd:
             out[name] = value
-    for key in list(out):  # global projections start as copies of the local ones
+    for key in list(out) if not from_longformer else ():  # global projections start as copies of local ones
         for qkv in ("query", "key", "value"):
             if key.endswith(f".attention.self.{qkv}.weight") or key.endswith(f".attention.self.{qkv}.bias"):
                 out[key.replace(f".self.{qkv}.", f".self.{qkv}_global.")] = out[key]
@@ -130,7 +156,8 @@ def longify_model(src: nn.Module, max_length: int = 4096, attention_window: int 
         out["lm_head.bias"] = torch.zeros(long_cfg.vocab_size)
         out["lm_head.decoder.bias"] = out["lm_head.bias"]
         log.info("source has no MLM head: created one (decoder tied to word embeddings, identity transform)")
-    out["lm_head.decoder.weight"] = out["longformer.embeddings.word_embeddings.weight"]
+    if long_cfg.tie_word_embeddings or "lm_head.decoder.weight" not in out:
+        out["lm_head.decoder.weight"] = out["longformer.embeddings.word_embeddings.weight"]
 
     missing = sorted(set(new_sd) - set(out))
     if missing:
@@ -141,7 +168,7 @@ def longify_model(src: nn.Module, max_length: int = 4096, attention_window: int 
 
 
 def longify(model_path: str | Path, out_dir: str | Path, max_length: int = 4096,
-            attention_window: int = 512, force: bool = False) -> Path:
+            attention_window: int | None = None, force: bool = False) -> Path:
     """Convert the checkpoint at `model_path` and write model + tokenizer to `out_dir` (atomically)."""
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
@@ -158,5 +185,5 @@ def longify(model_path: str | Path, out_dir: str | Path, max_length: int = 4096,
     with atomic_dir(out_dir, force=force) as tmp:
         long_model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-    log.info("wrote %s (Longformer, %d tokens, window %d)", out_dir, max_length, attention_window)
+    log.info("wrote %s (Longformer, %d tokens, window %s)", out_dir, max_length, long_model.config.attention_window[0])
     return Path(out_dir)

@@ -10,7 +10,12 @@ Conventions shared by every function (Edin et al. write theirs down the same way
   codes with >= 1 positive AND >= 1 negative (AUC is undefined otherwise). ``all_metrics``
   reports how many codes counted (``n_codes_macro``, ``n_codes_auc``). CAML/KEPT average over
   every label column instead, so on MIMIC-full their macro numbers also include zero-positive
-  codes scored P = R = 0.
+  codes scored P = R = 0: ``macro_f1_all_columns`` is that number (KEPT's full-set Table 3).
+- Three macro F1s, named: ``macro_f1`` (CAML's harmonic mean of macro P and R, codes present),
+  ``macro_f1_mean`` (Edin et al.'s mean per-code F1, codes present), ``macro_f1_all_columns``
+  (CAML's harmonic mean over every label column, codes absent from the split included).
+- Ranking metrics (AUC, P@k, R@k) take ``rank_score`` where given: raw logits, because float32
+  sigmoids saturate and tie at 1.0, which makes P@k depend on code order.
 - A zero denominator gives 0 (scikit-learn's ``zero_division=0``): precision of a code never
   predicted, F1 when nothing is predicted or gold. Quantities with nothing to measure are NaN:
   AUC with one class only, F1 of a code with no positives, any average over an empty set.
@@ -191,6 +196,21 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return _harmonic(*_macro_pr(*confusion_counts(y_true, y_pred)))
 
 
+def macro_pr_all_columns(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
+    """CAML's macro precision and recall: the mean over EVERY label column, a code with no
+    positives (recall 0/0) or never predicted (precision 0/0) counting 0. NaN with no columns."""
+    tp, fp, fn = confusion_counts(y_true, y_pred)
+    if tp.size == 0:
+        return float("nan"), float("nan")
+    return float(_safe_div(tp, tp + fp).mean()), float(_safe_div(tp, tp + fn).mean())
+
+
+def macro_f1_all_columns(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """CAML/KEPT's macro F1 over every label column (KEPT's full-set Table 3): harmonic mean of
+    ``macro_pr_all_columns``. Codes absent from the split pull it down; ``macro_f1`` leaves them out."""
+    return _harmonic(*macro_pr_all_columns(y_true, y_pred))
+
+
 def per_code_f1(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """F1 of each code; NaN for a code with no positives, 0 for one with positives but no hit."""
     tp, fp, fn = confusion_counts(y_true, y_pred)
@@ -266,8 +286,9 @@ def tune_threshold(
 ) -> float:
     """The threshold t maximising micro-F1 of ``y_score >= t``; call it on dev, apply it to test.
 
-    ``grid``: None for ``np.linspace(0.01, 0.99, 99)``, an array of candidates, or ``"unique"``
-    for every distinct score (the exact optimum). Among equally good thresholds the lowest wins.
+    ``grid``: None (or ``"grid"``) for ``np.linspace(0.01, 0.99, 99)``, an array of candidates, or
+    ``"exact"`` (alias ``"unique"``) for every distinct score as a candidate: the exact optimum, found
+    with one sort and a cumulative count. Among equally good thresholds the lowest wins.
     Counting is vectorised (one bincount or one sort), so full MIMIC dev takes seconds.
     Raises ValueError when y_true has no positives: every threshold would score F1 = 0.
     """
@@ -276,9 +297,11 @@ def tune_threshold(
     n_pos = int(y.sum())
     if n_pos == 0:
         raise ValueError("y_true has no positive labels: cannot tune a threshold on it")
+    if isinstance(grid, str) and grid == "grid":
+        grid = None
     if isinstance(grid, str):
-        if grid != "unique":
-            raise ValueError(f"grid must be None, an array or 'unique', got {grid!r}")
+        if grid not in ("exact", "unique"):
+            raise ValueError(f"grid must be None, an array, 'grid' or 'exact', got {grid!r}")
         order = np.argsort(s, kind="stable")
         ss, yy = s[order], y[order]
         starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
@@ -299,24 +322,31 @@ def tune_threshold(
 
 
 def all_metrics(
-    y_true: np.ndarray, y_score: np.ndarray, threshold: float, ks: Sequence[int] = (5, 8, 15)
+    y_true: np.ndarray, y_score: np.ndarray, threshold: float, ks: Sequence[int] = (5, 8, 15),
+    rank_score: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Every reported metric for one split at a fixed (dev-tuned) threshold.
 
     Keys: micro_auc, macro_auc, n_codes_auc, micro_precision, micro_recall, micro_f1,
     macro_precision, macro_recall, macro_f1 (CAML), macro_f1_mean (Edin), n_codes_macro,
-    p@k and r@k for each k, n_docs_recall, n_docs, n_codes. Macro averages cover codes with
-    >= 1 positive in the split (``n_codes_macro``); macro AUC also needs >= 1 negative.
+    macro_precision_all_columns, macro_recall_all_columns, macro_f1_all_columns (CAML over every
+    column, KEPT's full-set Table 3), p@k and r@k for each k, n_docs_recall, n_docs, n_codes.
+    Macro averages cover codes with >= 1 positive in the split (``n_codes_macro``) except the
+    ``*_all_columns`` ones; macro AUC also needs >= 1 negative. ``rank_score`` (raw logits, same
+    shape), where given, orders the AUC and P@k/R@k instead of ``y_score``.
     """
     y, s = _pair(y_true, y_score, "y_score")
+    r = s if rank_score is None else _pair(y, rank_score, "y_score")[1]
     pred = s >= threshold
     tp, fp, fn = confusion_counts(y, pred)
     m_p, m_r = _macro_pr(tp, fp, fn)
+    a_p = float(_safe_div(tp, tp + fp).mean()) if tp.size else float("nan")
+    a_r = float(_safe_div(tp, tp + fn).mean()) if tp.size else float("nan")
     f1 = per_code_f1(y, pred)
     gold_per_doc = y.sum(axis=1)
     out: dict[str, float] = {
-        "micro_auc": micro_auc(y, s),
-        "macro_auc": macro_auc(y, s),
+        "micro_auc": micro_auc(y, r),
+        "macro_auc": macro_auc(y, r),
         "n_codes_auc": n_codes_auc(y),
         "micro_precision": float(_safe_div(tp.sum(), tp.sum() + fp.sum())),
         "micro_recall": float(_safe_div(tp.sum(), tp.sum() + fn.sum())),
@@ -326,9 +356,12 @@ def all_metrics(
         "macro_f1": _harmonic(m_p, m_r),
         "macro_f1_mean": float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan"),
         "n_codes_macro": int(((tp + fn) > 0).sum()),
+        "macro_precision_all_columns": a_p,
+        "macro_recall_all_columns": a_r,
+        "macro_f1_all_columns": _harmonic(a_p, a_r),
     }
     for k in ks:
-        hits, k_eff = top_k_hits(y, s, k)
+        hits, k_eff = top_k_hits(y, r, k)
         out[f"p@{k}"] = float(hits.mean() / k_eff) if hits.size else float("nan")
         has_gold = gold_per_doc > 0
         out[f"r@{k}"] = float((hits[has_gold] / gold_per_doc[has_gold]).mean()) if has_gold.any() else float("nan")

@@ -6,12 +6,18 @@ concatenated; labels are the admission's diagnosis then procedure codes (DIAGNOS
 PROCEDURES_ICD, SEQ_NUM order, duplicates removed) with their dots restored by kind: `4019` ->
 `401.9`, `E8788` -> `E878.8`, procedure `9671` -> `96.71` (diagnosis `9671` is `967.1`).
 
+MIMIC-III-rare50 is, by default, KEPT's own set (`rare50="kept"`): the 249 / 20 / 142 admissions
+listed in KEPT's release (shipped in `coder/data/`), each with its note as built here and its
+LABELS replaced by the listed rare codes, as KEPT does. `rare50="rule"` derives a set from the
+paper's rule instead (`coder.datasets.select_rare50`).
+
 Nothing is dropped silently: every skipped row or document is counted, logged and written to
 `dataset.json` under "warnings".
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -39,12 +45,16 @@ DISCHARGE = "discharge summary"
 SPLIT_FILES = {(size, s): f"{s}_{size}_hadm_ids.csv" for size in ("full", "50") for s in SPLITS}
 # CAML's full split sizes 47,723 / 1,631 / 3,372, as fractions, for the seeded fallback split.
 CAML_FRACTIONS = (0.905, 0.031, 0.064)
+RARE50_VARIANTS = ("kept", "rule")
+KEPT_RARE50_SPLITS = Path(__file__).resolve().parent / "data" / "kept_rare50_splits.csv"
+KEPT_RARE50_CODES = Path(__file__).resolve().parent / "data" / "kept_rare50_codes.txt"
 
 
 @dataclass
 class MimicConfig:
     seed: int = 0
     lowercase: bool = True  # KEPT lower-cases notes
+    rare50: str = "kept"  # kept: KEPT's released admission lists | rule: the paper's rule on this data
     top_n: int = 50
     rare_n: int = 50
     rare_max_count: int = 10  # the paper: codes with < 10 occurrences
@@ -53,6 +63,10 @@ class MimicConfig:
     chunksize: int = 20_000  # NOTEEVENTS rows per chunk: the real file is ~4 GB
     fractions: tuple[float, float, float] = CAML_FRACTIONS
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rare50 not in RARE50_VARIANTS:
+            raise KeptError(f"rare50 must be one of {', '.join(RARE50_VARIANTS)}; got {self.rare50!r}")
 
 
 @dataclass
@@ -224,6 +238,57 @@ def _docs_for(ids: list[str], docs: dict[str, Document], issues: Issues, label: 
     return out
 
 
+def read_kept_rare50(splits_path: str | Path = KEPT_RARE50_SPLITS, codes_path: str | Path = KEPT_RARE50_CODES
+                     ) -> tuple[list[str], dict[str, list[tuple[str, str, list[str]]]]]:
+    """KEPT's rare-50 lists: (the 50 codes in file order, {split: [(SUBJECT_ID, HADM_ID, codes)]}).
+    A listed admission's codes keep their order, a code listed twice (KEPT has two) once."""
+    codes_path, splits_path = Path(codes_path), Path(splits_path)
+    codes = [c.strip() for c in codes_path.read_text(encoding="utf-8").splitlines() if c.strip()]
+    known = set(codes)
+    out: dict[str, list[tuple[str, str, list[str]]]] = {s: [] for s in SPLITS}
+    with open(splits_path, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header != ["split", "SUBJECT_ID", "HADM_ID", "LABELS"]:
+            raise InputFileError(splits_path, f"expected header split,SUBJECT_ID,HADM_ID,LABELS; got {header}",
+                                 line=1)
+        for line, row in enumerate(reader, 2):
+            if len(row) != 4 or row[0] not in SPLITS or not row[2].strip().isdigit():
+                raise InputFileError(splits_path, f"expected split,SUBJECT_ID,HADM_ID,LABELS; got {row}", line=line)
+            labels = list(dict.fromkeys(c.strip() for c in row[3].split(";") if c.strip()))
+            unknown = [c for c in labels if c not in known]
+            if not labels or unknown:
+                raise InputFileError(splits_path, f"labels {unknown or row[3]!r} are not in {codes_path.name}",
+                                     line=line)
+            out[row[0]].append((row[1].strip(), row[2].strip(), labels))
+    return codes, out
+
+
+def kept_rare50(docs: dict[str, Document], issues: Issues,
+                full_splits: dict[str, list[Document]] | None = None
+                ) -> tuple[list[str], dict[str, list[Document]]]:
+    """KEPT's MIMIC-III-rare50: each listed admission's note from `docs` (HADM_ID -> Document),
+    its labels replaced by the listed rare codes. Listed admissions without a note are counted;
+    with CAML split files (`full_splits`), so are those outside the full split of the same name
+    (KEPT takes each from it)."""
+    codes, lists = read_kept_rare50()
+    in_split = {s: {d.hadm_id for d in full_splits[s]} for s in SPLITS} if full_splits is not None else None
+    out: dict[str, list[Document]] = {}
+    for split in SPLITS:
+        out[split] = []
+        for subject, hadm, labels in lists[split]:
+            doc = docs.get(hadm)
+            if doc is None:
+                issues.add("rare50_listed_admission_without_document", f"HADM_ID {hadm}")
+                continue
+            if doc.subject_id != subject:
+                issues.add("rare50_listed_subject_id_differs", f"HADM_ID {hadm}: {doc.subject_id} != {subject}")
+            if in_split is not None and hadm not in in_split[split]:
+                issues.add(f"rare50_listed_admission_not_in_{split}_full_split", f"HADM_ID {hadm}")
+            out[split].append(Document(doc.subject_id, hadm, doc.text, list(labels)))
+    return codes, out
+
+
 def prepare_mimic(mimic_dir: str | Path, out_dir: str | Path, splits_dir: str | Path | None = None,
                   config: MimicConfig | None = None, force: bool = False) -> dict:
     """Build MIMIC-III-full, -50 and -rare50 under `out_dir`; returns what dataset.json holds."""
@@ -261,19 +326,24 @@ def prepare_mimic(mimic_dir: str | Path, out_dir: str | Path, splits_dir: str | 
             splits_50 = {s: _docs_for(ids_50[s], docs, issues, "50") for s in SPLITS}
     else:
         splits = seeded_split(list(docs.values()), cfg.fractions, cfg.seed, by_subject=True)
+    rare = kept_rare50(docs, issues, splits if full_ids is not None else None) if cfg.rare50 == "kept" else None
     for kind, n in sorted(issues.counts.items()):
         if n:
             ex = issues.examples.get(kind)
             log.warning("%s: %d%s", kind, n, f" (e.g. {', '.join(ex)})" if ex else "")
     sets = derive_sets(splits, top_n=cfg.top_n, rare_n=cfg.rare_n, rare_max_count=cfg.rare_max_count,
                        rare_exclude=cfg.rare_exclude, seed=cfg.seed,
-                       rare_min_train=cfg.rare_min_train, splits_50=splits_50)
+                       rare_min_train=cfg.rare_min_train, splits_50=splits_50, rare=rare)
+    rule = (f"codes with < {cfg.rare_max_count} occurrences in train+dev+test that "
+            f"occur in train (>= {cfg.rare_min_train}) and test, minus "
+            f"{len(cfg.rare_exclude)} excluded, "
+            f"ranked by test/train ratio, ties by seeded shuffle, top {cfg.rare_n}")
+    if rare is not None:
+        rule = ("KEPT's released lists (249/20/142 admissions, 50 codes; coder/data/kept_rare50_splits.csv): "
+                "each listed admission's note, LABELS replaced by the listed rare codes")
     meta = {"source": "mimic-iii", "seed": cfg.seed, "split_rule": split_rule,
             "top50_rule": f"{cfg.top_n} most frequent codes over train+dev+test (CAML)",
-            "rare50_rule": (f"codes with < {cfg.rare_max_count} occurrences in train+dev+test that "
-                            f"occur in train (>= {cfg.rare_min_train}) and test, minus "
-                            f"{len(cfg.rare_exclude)} excluded, "
-                            f"ranked by test/train ratio, ties by seeded shuffle, top {cfg.rare_n}"),
+            "rare50_variant": cfg.rare50, "rare50_rule": rule,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
             "warnings": issues.report(), "info": dict(sorted(issues.info.items()))}
     return write_dataset(out_dir, sets, meta, force=force)

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Model types whose position ids start after the pad id (RoBERTa's convention, kept by Longformer).
 OFFSET_POSITION_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer", "xlm-roberta-xl"}
-TRAIN_MODES = ("all", "lm-head", "first-layer", "last-layer")
+TRAIN_MODES = ("all", "lm-head", "first-layer", "last-layer", "bitfit")
 
 
 def _offline() -> None:
@@ -130,23 +130,24 @@ def lm_head_module(model: nn.Module) -> nn.Module:
 def set_trainable(model: nn.Module, mode: str, head: nn.Module | None = None) -> int:
     """Freeze all but the parts named by `mode`; returns the number of trainable parameters.
 
-    `lm-head` trains the MLM head's transform and bias but not the decoder tied to the input
-    embeddings (that would train the whole vocabulary). `head` (the label-attention head) is
-    always trainable: its parameters are new.
+    `lm-head`: the MLM head only. `first-layer` / `last-layer`: that encoder layer and the MLM head
+    (the paper tunes "LM head and first/last encoder layer"). `bitfit`: every bias and the MLM head.
+    The MLM head trains its transform and bias but not the decoder tied to the input embeddings
+    (that would train the whole vocabulary). `head` (the label-attention head) replaces the MLM
+    head and is always trainable: its parameters are new.
     """
     if mode not in TRAIN_MODES:
         raise KeptError(f"unknown --train mode {mode!r}; choose one of {', '.join(TRAIN_MODES)}")
-    for p in model.parameters():
-        p.requires_grad = mode == "all"
-    if mode in ("lm-head", "first-layer", "last-layer") and head is None:
-        # the paper's partial tuning always includes the LM head (its 9.4M = head + one layer)
-        tied = {id(model.get_input_embeddings().weight)}
-        for p in lm_head_module(model).parameters():
-            p.requires_grad = id(p) not in tied
+    for name, p in model.named_parameters():
+        p.requires_grad = mode == "all" or (mode == "bitfit" and name.endswith("bias"))
     if mode in ("first-layer", "last-layer"):
         layer = encoder_layers(model)[0 if mode == "first-layer" else -1]
         for p in layer.parameters():
             p.requires_grad = True
+    if mode != "all" and head is None:
+        tied = {id(model.get_input_embeddings().weight)}
+        for p in lm_head_module(model).parameters():
+            p.requires_grad = id(p) not in tied
     if head is not None:
         for p in head.parameters():
             p.requires_grad = True
@@ -195,7 +196,8 @@ class CoderConfig:
     global_stride: int = 1  # every s-th prompt token gets global attention (Table A.5)
     max_length: int | None = None  # tokens; None = the checkpoint's limit
     verbalizer: tuple[str, str] = ("yes", "no")
-    train_mode: str = "all"  # all | lm-head | first-layer | last-layer
+    verbalizer_form: str = "spaced"  # BPE: spaced `Ġyes` (kept) | bare `yes` (KEPT's code); WordPiece: same
+    train_mode: str = "all"  # all | lm-head | first-layer | last-layer (each + LM head) | bitfit
     epochs: int = 20
     batch_size: int = 1
     grad_accum: int = 8
@@ -213,12 +215,17 @@ class CoderConfig:
     pos_weight: float = 1.0  # BCE weight of a positive label (1 = the paper's loss; >1 offsets the ~90% negatives)
     tfidf_c: float = 100.0  # tfidf-lr: inverse L2 strength (best of 1/10/100 on the synthetic dev sets)
     tfidf_max_features: int = 100_000  # tfidf-lr: 1-2-gram vocabulary cap
+    threshold_search: str = "grid"  # dev threshold: grid 0.01..0.99 | exact (every distinct dev score)
 
     def validate(self) -> "CoderConfig":
         if self.head not in HEADS:
             raise KeptError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
         if self.train_mode not in TRAIN_MODES:
             raise KeptError(f"unknown train mode {self.train_mode!r}; choose one of {', '.join(TRAIN_MODES)}")
+        if self.threshold_search not in ("grid", "exact"):
+            raise KeptError(f"unknown threshold search {self.threshold_search!r}; choose grid or exact")
+        if self.verbalizer_form not in ("spaced", "bare"):
+            raise KeptError(f"unknown verbalizer form {self.verbalizer_form!r}; choose spaced or bare")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise KeptError(f"unknown precision {self.precision!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.global_stride < 1:

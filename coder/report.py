@@ -125,6 +125,7 @@ class Scores:
     y_score: np.ndarray
     hadm_ids: np.ndarray
     codes: np.ndarray
+    logits: np.ndarray | None = None  # raw scores where the run saved them: ranking metrics use them
 
 
 def load_scores(run: Run) -> Scores:
@@ -133,6 +134,7 @@ def load_scores(run: Run) -> Scores:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in ("y_true", "y_score", "hadm_ids", "codes")}
+            logits = npz["logits"] if "logits" in npz.files else None
     except KeyError as exc:
         raise InputFileError(path, f"missing array {exc}") from exc
     except (ValueError, OSError) as exc:
@@ -145,7 +147,9 @@ def load_scores(run: Run) -> Scores:
     for what in ("hadm_ids", "codes"):
         if len(np.unique(arrays[what])) != len(arrays[what]):
             raise InputFileError(path, f"duplicate {what}")
-    return Scores(y.astype(bool), s, arrays["hadm_ids"].astype(str), arrays["codes"].astype(str))
+    if logits is not None and logits.shape != y.shape:
+        raise InputFileError(path, f"inconsistent shapes: y_true {y.shape}, logits {logits.shape}")
+    return Scores(y.astype(bool), s, arrays["hadm_ids"].astype(str), arrays["codes"].astype(str), logits)
 
 
 def align(scores: Scores, ref: Scores, path: Path, ref_path: Path) -> Scores:
@@ -159,7 +163,8 @@ def align(scores: Scores, ref: Scores, path: Path, ref_path: Path) -> Scores:
     cols = np.argsort(scores.codes)[np.argsort(np.argsort(ref.codes))]
     if not np.array_equal(ref.y_true, scores.y_true[np.ix_(rows, cols)]):
         raise KeptError(f"test sets differ: {path} and {ref_path} have different gold codes for the same documents")
-    return Scores(ref.y_true, scores.y_score[np.ix_(rows, cols)], ref.hadm_ids, ref.codes)
+    logits = None if scores.logits is None else scores.logits[np.ix_(rows, cols)]
+    return Scores(ref.y_true, scores.y_score[np.ix_(rows, cols)], ref.hadm_ids, ref.codes, logits)
 
 
 # ---------------------------------------------------------------- metrics under resampling weights
@@ -210,12 +215,14 @@ def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def weighted_metrics(weights: np.ndarray, y_true: np.ndarray, y_score: np.ndarray, threshold: float,
-                     names: Sequence[str]) -> dict[str, np.ndarray]:
+                     names: Sequence[str], rank_score: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Metrics `names` on each resample given as document weights (B, n_docs); a row of ones is the test set.
 
-    Same definitions as coder.metrics.all_metrics (macro over codes with a positive in the resample).
+    Same definitions as coder.metrics.all_metrics (macro over codes with a positive in the resample;
+    AUC and P@k/R@k ordered by `rank_score`, the raw logits, where given).
     """
     y, s = np.asarray(y_true, dtype=bool), np.asarray(y_score)
+    r = s if rank_score is None else np.asarray(rank_score)
     pred = s >= threshold
     out: dict[str, np.ndarray] = {}
     if any(n.startswith("micro_") for n in names):
@@ -233,11 +240,11 @@ def weighted_metrics(weights: np.ndarray, y_true: np.ndarray, y_score: np.ndarra
                    macro_f1_mean=np.where(present, _div(2 * TP, 2 * TP + FP + FN), 0).sum(1) / n_present)
         out["macro_f1"][np.isnan(n_present)] = np.nan
     if "macro_auc" in names:
-        out["macro_auc"] = _macro_auc_weighted(weights, y, s)
+        out["macro_auc"] = _macro_auc_weighted(weights, y, r)
     gold = y.sum(1)
     for name in names:
         if name[:2] in ("p@", "r@") and name[2:].isdigit():
-            hits, k_eff = M.top_k_hits(y, s, int(name[2:]))
+            hits, k_eff = M.top_k_hits(y, r, int(name[2:]))
             if name[0] == "p":
                 out[name] = (weights @ hits) / k_eff / weights.sum(1)
             else:
@@ -264,7 +271,7 @@ def compare(runs_a: Sequence[Run], runs_b: Sequence[Run], names: Sequence[str], 
     for run in tqdm([*runs_a, *runs_b], desc="bootstrap", leave=False, disable=None):
         scores = ref if run is ref_run else align(load_scores(run), ref, run.path, ref_run.path)
         values = weighted_metrics(weights, scores.y_true, scores.y_score, run.threshold,
-                                  [n for n in names if not H.is_bootstrappable(n)])
+                                  [n for n in names if not H.is_bootstrappable(n)], rank_score=scores.logits)
         hier = [n for n in names if H.is_bootstrappable(n)]
         if hier:  # per-document counts over the run's own graph, resampled like the rest
             values.update(H.weighted_metrics(weights, scores.y_true, scores.y_score >= run.threshold, scores.codes,

@@ -306,17 +306,16 @@ def prepare_synth(G: nx.DiGraph, out_dir, cfg: SynthConfig | None = None, graph_
     """Generate the corpus and write full/50/rare50 under `out_dir`; returns dataset.json."""
     cfg = cfg or SynthConfig()
     splits = generate_corpus(G, cfg)
-    try:
-        sets = derive_sets(splits, top_n=cfg.top_n, rare_n=cfg.rare_n,
-                           rare_max_count=cfg.rare_max_count, seed=cfg.seed,
-                           rare_min_train=cfg.rare_min_train, with_rare=cfg.rare_shape == "rule")
-    except KeptError as exc:
-        raise KeptError(f"{exc}: raise --docs or pool_size, or lower rare_n") from exc
     if cfg.rare_shape not in ("mimic", "rule"):
         raise KeptError(f"unknown rare50 shape {cfg.rare_shape!r}; choose mimic or rule")
     rare_rule = cfg.rare_shape == "rule"
-    if not rare_rule:
-        sets["rare50"] = rare50_corpus(G, cfg, code_pool(G, cfg.pool_size, random.Random(cfg.seed)))
+    rare = None if rare_rule else rare50_corpus(G, cfg, code_pool(G, cfg.pool_size, random.Random(cfg.seed)))
+    try:
+        sets = derive_sets(splits, top_n=cfg.top_n, rare_n=cfg.rare_n,
+                           rare_max_count=cfg.rare_max_count, seed=cfg.seed,
+                           rare_min_train=cfg.rare_min_train, rare=rare)
+    except KeptError as exc:
+        raise KeptError(f"{exc}: raise --docs or pool_size, or lower rare_n") from exc
     meta = {"source": "synthetic", "seed": cfg.seed, "graph": graph_dir,
             "graph_sources": G.graph.get("sources", []),
             "split_rule": f"seeded document shuffle {cfg.fractions}",

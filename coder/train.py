@@ -56,7 +56,7 @@ def _dev_eval(model, tokenizer, examples, prompts, docs, codes, config, device) 
 
     scores = predict_examples(model, tokenizer, examples, prompts, len(docs), codes, config, device)
     y = label_matrix(docs, codes)
-    threshold = tune_threshold(y, scores)
+    threshold = tune_threshold(y, scores, grid=config.threshold_search)
     return threshold, all_metrics(y, scores, threshold)
 
 
@@ -103,7 +103,7 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
         raise InputFileError(set_dir / "dev.csv", "no documents: the threshold and best epoch are chosen on dev")
     descriptions = code_descriptions(codes, config.graph)
     tokenizer = load_tokenizer(model_path)
-    model = build_scorer(config.head, model_path, tokenizer, config.verbalizer)
+    model = build_scorer(config.head, model_path, tokenizer, config.verbalizer, config.verbalizer_form)
     max_length = effective_max_length(model, config)
     with_masks = config.head == "prompt"
     prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template, with_masks)

@@ -31,7 +31,7 @@ def _train_config(args: argparse.Namespace):
     from contrastive.train import HSAPConfig, resume_config
 
     overrides = {k: getattr(args, k) for k in (
-        "model", "graph", "out", "loss", "i", "j", "k", "seed", "steps", "grad_accum", "lr", "warmup_ratio",
+        "model", "graph", "out", "loss", "distance", "i", "j", "k", "seed", "steps", "grad_accum", "lr", "warmup_ratio",
         "max_length", "pooling", "amp", "temperature", "holdout_fraction", "holdout_seed", "log_every", "save_every",
         "hard_negatives",
         "device")}
@@ -134,6 +134,8 @@ def register(subparsers) -> None:
     tr.add_argument("--config", help="TOML file with HSAPConfig fields (flags override it)")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     tr.add_argument("--loss", choices=["triplet", "infonce"])
+    tr.add_argument("--distance", choices=["euclidean", "angular"],
+                    help="triplet loss: |a - b| on raw vectors (default, eq. 3) or the angle arccos(cos)")
     ijk(tr, defaults=False)
     for name, typ in (("steps", int), ("grad-accum", int), ("lr", float), ("warmup-ratio", float),
                       ("max-length", int), ("temperature", float), ("holdout-fraction", float),

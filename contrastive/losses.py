@@ -1,8 +1,10 @@
 """HSAP losses over the embeddings of one batch and its mined triplets (the trainer takes either).
 
-`HierarchicalTripletLoss` is KEPT's eq. 3-4: angular distance d = arccos(cos), per-triplet hinge
-max(0, m - d(a, neg) + d(a, pos)) with margin pi/2 (parent), pi/2 + arccos(|cos(a, neg)|) (sibling),
-pi (inter-class), summed and divided by 2N. `InfoNCELoss` is the ablation (paper Table A.3).
+`HierarchicalTripletLoss` is KEPT's eq. 3-4: per-triplet hinge max(0, m - |a - neg| + |a - pos|) with
+margin pi/2 (parent), pi/2 + arccos(|cos(a, neg)|) (sibling), pi (inter-class), summed and divided by
+2N. |x - y| is the Euclidean distance of the raw vectors (eq. 3 writes a vector distance, as Ge et al.
+2018 whose loss it follows); `distance="angular"` (arccos of the cosine) is kept as an option, though
+no angle can reach the inter-class margin pi. `InfoNCELoss` is the ablation (paper Table A.3).
 """
 
 from __future__ import annotations
@@ -41,8 +43,23 @@ def _index(t: Triplets, device: torch.device) -> tuple[torch.Tensor, ...]:
                  for x in (t.anchor, t.positive, t.negative, t.kind))
 
 
+DISTANCES = ("euclidean", "angular")
+
+
+def euclidean(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Row-wise |x - y| in float32; the square root's argument is clamped so that equal vectors
+    (distance 0) get a finite gradient."""
+    diff = x.float() - y.float()
+    return (diff * diff).sum(-1).clamp(min=eps).sqrt()
+
+
 class HierarchicalTripletLoss(nn.Module):
     """KEPT's minibatch triplet loss with dynamic margin.
+
+    `distance` (default "euclidean"): d(x, y) = |x - y| on the raw, un-normalised vectors, as eq. 3
+    and Ge et al. 2018; "angular": d = arccos(cos(x, y)) in [0, pi], under which the inter-class
+    margin pi can never be met and every hinge stays active. The sibling margin's
+    arccos(|cos(a, neg)|) is an angle either way, taken on the cosine.
 
     `detach_sibling_margin` (default True): the sibling margin's arccos(|cos(a, neg)|) is treated as
     a constant. Without the detach, for cos(a, neg) >= 0 the margin equals d(a, neg) itself, the two
@@ -52,15 +69,19 @@ class HierarchicalTripletLoss(nn.Module):
     The paper's 1/(2N) normalisation is kept (N = number of triplets in the batch).
 
     `hard_negatives` (not in the paper; None = every triplet): keep, for each (anchor, positive)
-    pair, only the `hard_negatives` negatives closest to the anchor. With margins of pi/2..pi
+    pair, only the `hard_negatives` negatives closest to the anchor (by `distance`). With margins of pi/2..pi
     almost no hinge ever switches off, so over all triplets the loss is sum(d(a,p) - d(a,n)) and
     pushes every term from every other with equal weight; mining puts the push where the
     confusable codes are (docs/contrastive.md has the measurements).
     """
 
     def __init__(self, parent_margin: float = math.pi / 2, inter_margin: float = math.pi,
-                 detach_sibling_margin: bool = True, eps: float = 1e-6, hard_negatives: int | None = None):
+                 detach_sibling_margin: bool = True, eps: float = 1e-6, hard_negatives: int | None = None,
+                 distance: str = "euclidean"):
         super().__init__()
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {', '.join(DISTANCES)}; got {distance!r}")
+        self.distance = distance
         self.parent_margin, self.inter_margin = parent_margin, inter_margin
         self.detach_sibling_margin, self.eps = detach_sibling_margin, eps
         if hard_negatives is not None and hard_negatives < 1:
@@ -73,10 +94,15 @@ class HierarchicalTripletLoss(nn.Module):
         a, p, n, kind = _index(triplets, emb.device)
         cos = cosine_matrix(emb)
         if self.hard_negatives is not None:
-            keep = hardest_per_pair(a * emb.shape[0] + p, cos[a, n].detach(), self.hard_negatives)
+            # closest = highest cosine (angular) or smallest distance (Euclidean)
+            close = cos[a, n] if self.distance == "angular" else -euclidean(emb[a], emb[n])
+            keep = hardest_per_pair(a * emb.shape[0] + p, close.detach(), self.hard_negatives)
             a, p, n, kind = a[keep], p[keep], n[keep], kind[keep]
-        cos_ap, cos_an = cos[a, p], cos[a, n]
-        d_ap, d_an = safe_arccos(cos_ap, self.eps), safe_arccos(cos_an, self.eps)
+        cos_an = cos[a, n]
+        if self.distance == "angular":
+            d_ap, d_an = safe_arccos(cos[a, p], self.eps), safe_arccos(cos_an, self.eps)
+        else:
+            d_ap, d_an = euclidean(emb[a], emb[p]), euclidean(emb[a], emb[n])
         sib_cos = cos_an.detach() if self.detach_sibling_margin else cos_an
         sibling_margin = math.pi / 2 + safe_arccos(sib_cos.abs(), self.eps)
         margin = torch.where(kind == PARENT, torch.full_like(d_an, self.parent_margin),
@@ -113,7 +139,8 @@ class InfoNCELoss(nn.Module):
 
 
 def hardest_per_pair(pair: torch.Tensor, cos_an: torch.Tensor, h: int) -> torch.Tensor:
-    """Indices of the `h` triplets with the highest cos(anchor, negative) within each pair id."""
+    """Indices of the `h` triplets with the highest closeness score `cos_an` (cos(anchor, negative),
+    or minus their distance) within each pair id."""
     by_cos = torch.argsort(cos_an, descending=True, stable=True)
     order = by_cos[torch.argsort(pair[by_cos], stable=True)]  # grouped by pair, hardest first
     grouped = pair[order]
@@ -136,4 +163,5 @@ def _per_kind(per: torch.Tensor, kind: torch.Tensor) -> dict[str, tuple[float, i
 
 
 LOSSES = {"triplet": HierarchicalTripletLoss, "infonce": InfoNCELoss}
-__all__ = ["HierarchicalTripletLoss", "InfoNCELoss", "LossOutput", "safe_arccos", "LOSSES", "KINDS"]
+__all__ = ["HierarchicalTripletLoss", "InfoNCELoss", "LossOutput", "safe_arccos", "euclidean", "DISTANCES",
+           "LOSSES", "KINDS"]

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from contrastive.encoder import TermEncoder
-from contrastive.losses import LOSSES
+from contrastive.encoder import TermEncoder, pool
+from contrastive.losses import DISTANCES, LOSSES
 from contrastive.sampling import BatchSampler, HeldOut, SamplerConfig, heldout_split
 from contrastive.triplets import sampler_triplets
 from kept.errors import InputFileError, KeptError
@@ -45,6 +45,7 @@ class HSAPConfig:
     graph: str | None = None          # `kept graph build` directory; None: the bundled ICD-9-CM graph
     out: str = "hsap_model"
     loss: str = "triplet"             # triplet | infonce
+    distance: str = "euclidean"       # triplet only: euclidean (eq. 3, raw vectors) | angular
     i: int = 8
     j: int = 4
     k: int = 2
@@ -87,6 +88,8 @@ class HSAPConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise KeptError(f"loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
+        if self.distance not in DISTANCES:
+            raise KeptError(f"distance must be one of {', '.join(DISTANCES)}; got {self.distance!r}")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise KeptError(f"amp must be auto, bf16, fp16 or none; got {self.amp!r}")
         if self.hard_negatives is not None and self.hard_negatives < 1:
@@ -98,7 +101,8 @@ class HSAPConfig:
 def make_loss(cfg: HSAPConfig) -> torch.nn.Module:
     if cfg.loss == "infonce":
         return LOSSES["infonce"](temperature=cfg.temperature)
-    return LOSSES["triplet"](detach_sibling_margin=cfg.detach_sibling_margin, hard_negatives=cfg.hard_negatives)
+    return LOSSES["triplet"](detach_sibling_margin=cfg.detach_sibling_margin, hard_negatives=cfg.hard_negatives,
+                             distance=cfg.distance)
 
 
 def load_graph_for(path: str | None):
@@ -203,7 +207,13 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
         with atomic_write(out / CONFIG_FILE) as fh:
             fh.write(json.dumps(_config_record(cfg, heldout), indent=2) + "\n")
 
+    # A loss on raw vectors can inflate them: mean norm of a fixed probe batch, before and after.
+    probe = sampler.batch(0).texts
+    norm_start = _mean_norm(enc, probe)
+    if dist.main:
+        log.info("mean term-vector norm at step %d: %.3f", start, norm_start)
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    norm_end, first_log = norm_start, True
     t0, terms_seen, last = time.perf_counter(), 0, {}
     bar = tqdm(range(start, cfg.steps), desc="hsap", unit="step", disable=not (progress and dist.main),
                initial=start, total=cfg.steps)
@@ -220,6 +230,7 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
                 terms_seen += len(batch)
                 value = float(res.loss.detach())
                 sums["loss"][0] += value; sums["loss"][1] += 1
+                sums["norm"][0] += float(emb.detach().float().norm(dim=-1).mean()); sums["norm"][1] += 1
                 sums[f"level:{batch.level}"][0] += value; sums[f"level:{batch.level}"][1] += 1
                 for kind, (s, c) in res.per_kind.items():
                     sums[f"kind:{kind}"][0] += s; sums[f"kind:{kind}"][1] += c
@@ -230,9 +241,15 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
             sched.step()
             opt.zero_grad(set_to_none=True)
             done = step + 1
+            if done == cfg.steps:
+                norm_end = _mean_norm(enc, probe)
             if dist.main and (done % cfg.log_every == 0 or done == cfg.steps):
                 last = {k: v[0] / max(v[1], 1) for k, v in sums.items()}
                 rec = {"step": done, "lr": sched.get_last_lr()[0], **{k: round(v, 5) for k, v in last.items()}}
+                if first_log:  # the probe's mean norm where this run (or resume) started, and at the end
+                    rec["norm_start"], first_log = round(norm_start, 4), False
+                if done == cfg.steps:
+                    rec["norm_end"] = round(norm_end, 4)
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
                 bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
@@ -249,11 +266,13 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
             logf.close()
     seconds = time.perf_counter() - t0
     if dist.main:
+        log.info("mean term-vector norm at step %d: %.3f", cfg.steps, norm_end)
         _publish_final(out)
     if dist.world > 1:
         torch.distributed.barrier()
     return {"steps": cfg.steps, "start_step": start, "seconds": round(seconds, 2),
             "terms_per_s": round(terms_seen * dist.world / max(seconds, 1e-9), 1),
+            "norm_start": round(norm_start, 4), "norm_end": round(norm_end, 4),
             "last_log": last, "out": str(out), "levels": sampler.describe()}
 
 
@@ -262,6 +281,20 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:  # a filesystem without hard links
         shutil.copy2(src, dst)
+
+
+@torch.no_grad()
+def _mean_norm(enc: TermEncoder, texts: list[str]) -> float:
+    """Mean L2 norm of the raw (pooled, un-normalised) vectors of `texts`, in eval mode."""
+    model = getattr(enc.model, "module", enc.model)
+    was = model.training
+    model.eval()
+    try:
+        batch = enc.tokenize(texts)
+        v = pool(model(**batch).last_hidden_state, batch["attention_mask"], enc.pooling)
+        return float(v.float().norm(dim=-1).mean())
+    finally:
+        model.train(was)
 
 
 def _publish_final(out: Path) -> None:
@@ -297,6 +330,7 @@ def resume_config(run_dir: str | Path, **overrides) -> HSAPConfig:
         raise InputFileError(p, "no HSAP run to resume here")
     data = json.loads(p.read_text(encoding="utf-8"))
     data = {f.name: data[f.name] for f in fields(HSAPConfig) if f.name in data}
+    data.setdefault("distance", "angular")  # runs recorded before the option trained with angles
     data.update({k: v for k, v in overrides.items() if v is not None})
     return HSAPConfig(**data)
 

@@ -22,7 +22,11 @@ log = logging.getLogger("kept.demo")
 
 SOURCE_PUBLIC = "real public (CMS ICD-9-CM titles)"
 SOURCE_SYNTH = "synthetic (kept data synth)"
-LOSS_NAMES = {"triplet": "triplet, paper margins", "infonce": "InfoNCE"}
+LOSS_NAMES = {"triplet": "triplet, paper margins", "triplet-angular": "triplet, angular distance",
+              "infonce": "InfoNCE"}
+# demo loss name -> (HSAPConfig.loss, HSAPConfig.distance); "triplet" is the default: eq. 3's Euclidean
+LOSS_SPECS = {"triplet": ("triplet", "euclidean"), "triplet-angular": ("triplet", "angular"),
+              "infonce": ("infonce", "euclidean")}
 
 
 @dataclass
@@ -117,11 +121,13 @@ def run_demo(cfg: DemoConfig) -> dict:
         for loss in cfg.hsap_losses:
             name = f"MiniLM + HSAP ({LOSS_NAMES[loss]})"
             dirs[name] = run / f"hsap-{loss}"
-            summary = train(HSAPConfig(out=str(dirs[name]), loss=loss, steps=cfg.hsap_steps, seed=cfg.seed, lr=5e-5,
+            loss_name, distance = LOSS_SPECS[loss]
+            summary = train(HSAPConfig(out=str(dirs[name]), loss=loss_name, distance=distance, steps=cfg.hsap_steps, seed=cfg.seed, lr=5e-5,
                                        pooling=cfg.hsap_pooling, holdout_fraction=0.1, holdout_seed=cfg.seed,
                                        save_every=10**9))
             results[name] = evaluate(TermEncoder.load(str(dirs[name]), max_length=32, pooling="auto"), G, es)
-            print(f"  {name}: {summary.get('terms_per_s', 0):.0f} terms/s", flush=True)
+            print(f"  {name}: {summary.get('terms_per_s', 0):.0f} terms/s, mean vector norm "
+                  f"{summary['norm_start']:.2f} -> {summary['norm_end']:.2f}", flush=True)
         for name, res in results.items():
             print(f"  {name:<40} Acc@1 {res['acc@1']:.3f}  Acc@5 {res['acc@5']:.3f}  MRR {res['mrr']:.3f}  "
                   f"sibling share of errors {res['sibling_error_share']:.2f}")

@@ -85,6 +85,13 @@ def test_training_lowers_loss_resumes_and_evaluates(tiny_longformer_dir, tiny_da
     assert npz["y_true"].shape == npz["y_score"].shape == (len(test), len(TINY_CODES))
     assert list(npz["codes"]) == TINY_CODES and list(npz["hadm_ids"]) == [d.hadm_id for d in test]
     assert npz["y_true"][0].tolist() == [int(c in test[0].labels) for c in TINY_CODES]
+    # raw logits kept beside the sigmoids (which tie at 1.0 in float32); P@k ranks by them
+    assert npz["logits"].shape == npz["y_score"].shape
+    assert np.allclose(npz["y_score"], 1 / (1 + np.exp(-npz["logits"].astype(np.float64))), atol=1e-6)
+    from coder.metrics import all_metrics
+
+    assert res["metrics"]["p@5"] == all_metrics(npz["y_true"], npz["y_score"], res["threshold"],
+                                               rank_score=npz["logits"])["p@5"]
 
 
 def test_zero_shot_cli_train_eval_predict(tiny_longformer_dir, tiny_data_dir, tmp_path, capsys):
@@ -149,24 +156,48 @@ def test_label_attention_baseline_trains(tiny_longformer_dir, tiny_data_dir, tmp
 
 
 def test_partial_tuning_modes(tiny_longformer_dir):
+    # The paper tunes "LM head and first/last encoder layer": the head trains in every partial mode.
     mlm = load_mlm(tiny_longformer_dir)
+    params = dict(mlm.named_parameters())  # shared (tied) tensors listed once
 
     def trainable():
-        return {n for n, p in mlm.named_parameters() if p.requires_grad}
+        return {n for n, p in params.items() if p.requires_grad}
 
-    set_trainable(mlm, "lm-head")
-    assert trainable() and all(n.startswith("lm_head.") for n in trainable())
+    def count(names):
+        return sum(params[n].numel() for n in names)
+
+    head = {n for n in params if n.startswith("lm_head.")}  # the tied decoder is listed as the embeddings
+    assert head and "longformer.embeddings.word_embeddings.weight" in params
+    layer0 = {n for n in params if n.startswith("longformer.encoder.layer.0.")}
+    layer1 = {n for n in params if n.startswith("longformer.encoder.layer.1.")}
+    biases = {n for n in params if n.endswith("bias")}
+
+    n = set_trainable(mlm, "lm-head")
+    assert trainable() == head and n == count(head)
     assert not mlm.longformer.embeddings.word_embeddings.weight.requires_grad  # tied decoder stays frozen
-    # the paper's partial tuning: the LM head plus one layer
-    set_trainable(mlm, "first-layer")
-    assert trainable() and all(n.startswith(("longformer.encoder.layer.0.", "lm_head.")) for n in trainable())
-    assert any(n.startswith("lm_head.") for n in trainable())
-    set_trainable(mlm, "last-layer")
-    assert all(n.startswith(("longformer.encoder.layer.1.", "lm_head.")) for n in trainable())
-    set_trainable(mlm, "all")
-    assert len(trainable()) == len(list(mlm.parameters()))
+    n = set_trainable(mlm, "first-layer")
+    assert trainable() == layer0 | head and n == count(layer0) + count(head)
+    n = set_trainable(mlm, "last-layer")
+    assert trainable() == layer1 | head and n == count(layer1) + count(head)
+    n = set_trainable(mlm, "bitfit")
+    assert trainable() == biases | head and n == count(biases | head)
+    assert "longformer.encoder.layer.0.attention.self.query_global.bias" in trainable()
+    assert not mlm.longformer.encoder.layer[0].attention.self.query.weight.requires_grad
+    n = set_trainable(mlm, "all")
+    assert len(trainable()) == len(params) and n == sum(p.numel() for p in mlm.parameters())
     with pytest.raises(KeptError, match="train mode"):
         set_trainable(mlm, "half")
+
+
+def test_partial_modes_with_a_label_attention_head_train_that_head(tiny_longformer_dir):
+    from coder.modeling import load_encoder
+
+    enc = load_encoder(tiny_longformer_dir)
+    head = torch.nn.Linear(4, 4)
+    n = set_trainable(enc, "last-layer", head)
+    names = {n for n, p in enc.named_parameters() if p.requires_grad}
+    assert names and all(".layer.1." in n for n in names) and head.weight.requires_grad
+    assert n == sum(p.numel() for p in enc.encoder.layer[1].parameters())
 
 
 def test_config_toml_overrides_and_errors(tmp_path):
@@ -180,6 +211,12 @@ def test_config_toml_overrides_and_errors(tmp_path):
         load_config(f)
     with pytest.raises(KeptError, match="head"):
         load_config(head="cnn")
+    assert load_config().verbalizer_form == "spaced" and load_config(verbalizer_form="bare").verbalizer_form == "bare"
+    with pytest.raises(KeptError, match="verbalizer form"):
+        load_config(verbalizer_form="prefixed")
+    assert load_config().threshold_search == "grid" and load_config(threshold_search="exact").threshold_search == "exact"
+    with pytest.raises(KeptError, match="threshold search"):
+        load_config(threshold_search="best")
 
 
 def test_resume_after_a_kill_gives_the_numbers_of_an_unbroken_run(tiny_longformer_dir, tiny_data_dir, tmp_path,

@@ -80,10 +80,15 @@ def test_train_saves_loadable_checkpoints_and_resumes(G, tiny, tmp_path):
     assert model.config.hidden_size == 32
     logs = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [2, 4]
+    # vector norms of a fixed probe batch at the start and the end (a loss on raw vectors can inflate them)
+    assert summary["norm_start"] > 0 and summary["norm_end"] > 0
+    assert logs[0]["norm_start"] == summary["norm_start"] and logs[-1]["norm_end"] == summary["norm_end"]
+    assert logs[0]["norm"] > 0
     assert any(k.startswith("level:dx/") for k in logs[0]) and "kind:inter" in logs[0]
     assert (out / "checkpoint-4" / "hsap_state.pt").is_file()
     rec = json.loads((out / "hsap_config.json").read_text())
     assert rec["holdout_fraction"] == 0.1 and rec["heldout_categories"]
+    assert rec["distance"] == "euclidean"  # eq. 3's vector distance is the default
 
     from contrastive.train import resume_config
 
@@ -104,6 +109,23 @@ def test_config_from_toml(tmp_path):
 
     with pytest.raises(InputFileError, match="nonsense"):
         HSAPConfig.from_toml(p)
+
+
+def test_distance_option_reaches_the_loss():
+    import argparse
+
+    from contrastive.cli import _train_config, register
+    from contrastive.train import make_loss
+    from kept.errors import KeptError
+
+    assert make_loss(HSAPConfig()).distance == "euclidean"
+    assert make_loss(HSAPConfig(distance="angular")).distance == "angular"
+    with pytest.raises(KeptError, match="distance"):
+        HSAPConfig(distance="cosine")
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers())
+    args = ap.parse_args(["hsap", "train", "--out", "x", "--distance", "angular"])
+    assert _train_config(args).distance == "angular"
 
 
 def test_eval_queries_are_heldout_and_unseen_by_training(G, tiny):

@@ -81,5 +81,51 @@ def test_odd_window_and_longformer_source_rejected(tiny_tokenizer_dir, tiny_long
     short = build_tiny_bert_mlm(50)
     with pytest.raises(KeptError, match="even"):
         longify_model(short, max_length=128, attention_window=15)
-    with pytest.raises(KeptError, match="already a Longformer"):
-        longify_model(AutoModelForMaskedLM.from_pretrained(str(tiny_longformer_dir)), 1024, 16)
+    with pytest.raises(KeptError, match="already a Longformer of 512 tokens"):
+        longify_model(AutoModelForMaskedLM.from_pretrained(str(tiny_longformer_dir)), 512)
+
+
+def test_longformer_source_is_extended_to_more_positions(tiny_tokenizer_dir, tmp_path):
+    # Clinical-Longformer has 4,096 positions; the paper reads 8,192. Here: 256 -> 512.
+    from transformers import AutoTokenizer, LongformerConfig, LongformerForMaskedLM
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    pad = tok.pad_token_id
+    torch.manual_seed(1)
+    cfg = LongformerConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=256 + pad + 1, pad_token_id=pad,
+                           attention_window=[16, 16], type_vocab_size=1)
+    src_model = LongformerForMaskedLM(cfg).eval()
+    with torch.no_grad():  # trained global projections differ from the local ones: they must survive
+        for layer in src_model.longformer.encoder.layer:
+            layer.attention.self.query_global.weight.add_(0.5)
+    src = tmp_path / "src"
+    src_model.save_pretrained(str(src))
+    tok.save_pretrained(str(src))
+    out = longify(src, tmp_path / "long", max_length=512)
+    long = LongformerForMaskedLM.from_pretrained(str(out)).eval()
+    assert long.config.max_position_embeddings == 512 + pad + 1
+    assert long.config.attention_window == [16, 16]  # the source's window
+    pe_s = src_model.longformer.embeddings.position_embeddings.weight
+    pe_l = long.longformer.embeddings.position_embeddings.weight
+    n = pe_s.shape[0]
+    assert torch.equal(pe_l[:n], pe_s)  # the source's positions, offset rows included
+    assert torch.equal(pe_l[n + 5], pe_s[pad + 1 + (n - pad - 1 + 5) % (n - pad - 1)])  # tiled from them
+    for a, b in zip(src_model.longformer.encoder.layer, long.longformer.encoder.layer):
+        assert torch.equal(a.attention.self.query_global.weight, b.attention.self.query_global.weight)
+        assert not torch.equal(b.attention.self.query_global.weight, b.attention.self.query.weight)
+    assert long.lm_head.decoder.weight.data_ptr() == long.longformer.embeddings.word_embeddings.weight.data_ptr()
+    # same computation on an input both read; a 500-token input runs
+    ids = torch.randint(5, len(tok), (1, 200))
+    glob = torch.zeros_like(ids)
+    glob[0, :4] = 1
+    with torch.no_grad():
+        a = src_model(input_ids=ids, global_attention_mask=glob).logits
+        b = long(input_ids=ids, global_attention_mask=glob).logits
+        assert (a - b).abs().max().item() < 1e-4
+        ids = torch.randint(5, len(tok), (1, 500))
+        glob = torch.zeros_like(ids)
+        glob[0, :4] = 1
+        logits = long(input_ids=ids, attention_mask=torch.ones_like(ids), global_attention_mask=glob).logits
+    assert logits.shape == (1, 500, len(tok)) and torch.isfinite(logits).all()
+    assert AutoTokenizer.from_pretrained(str(out)).model_max_length == 512

@@ -34,7 +34,7 @@ def test_orthogonal_negative_by_hand():
     # anchor = positive (d_ap = 0), negative orthogonal (d_an = pi/2):
     # parent: pi/2 - pi/2 + 0 = 0; sibling: pi/2 + arccos(0) - pi/2 = pi/2; inter: pi - pi/2 = pi/2.
     emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    loss = HierarchicalTripletLoss()
+    loss = HierarchicalTripletLoss(distance="angular")
     for kind, hinge in ((PARENT, 0.0), (SIBLING, math.pi / 2), (INTER, math.pi / 2)):
         out = loss(emb, trip([(0, 1, 2, kind)]))
         assert out.loss.item() == pytest.approx(hinge / 2, abs=2e-3)  # 1/(2N), N = 1
@@ -45,7 +45,8 @@ def test_three_kinds_at_30_and_120_degrees_by_hand():
     # parent: pi/2 - 2pi/3 + pi/6 = 0; sibling: (pi/2 + arccos(1/2)) - 2pi/3 + pi/6 = pi/3;
     # inter: pi - 2pi/3 + pi/6 = pi/2. Sum 5pi/6 over 2N = 6 -> 5pi/36.
     emb = torch.tensor([unit(0), unit(30), unit(120)]) * 3.0  # scale must not matter
-    out = HierarchicalTripletLoss()(emb, trip([(0, 1, 2, PARENT), (0, 1, 2, SIBLING), (0, 1, 2, INTER)]))
+    out = HierarchicalTripletLoss(distance="angular")(emb, trip([(0, 1, 2, PARENT), (0, 1, 2, SIBLING),
+                                                                  (0, 1, 2, INTER)]))
     assert out.loss.item() == pytest.approx(5 * math.pi / 36, abs=1e-4)
     assert out.per_kind["sibling"][0] == pytest.approx(math.pi / 3, abs=1e-4)
     assert out.per_kind["inter"] == (pytest.approx(math.pi / 2, abs=1e-4), 1)
@@ -57,18 +58,49 @@ def test_sibling_margin_detach_changes_the_gradient():
     grads = {}
     for detach in (True, False):
         emb = base.clone().requires_grad_(True)
-        HierarchicalTripletLoss(detach_sibling_margin=detach)(emb, trip([(0, 1, 2, SIBLING)])).loss.backward()
+        HierarchicalTripletLoss(detach_sibling_margin=detach, distance="angular")(emb, trip([(0, 1, 2, SIBLING)])).loss.backward()
         grads[detach] = emb.grad[2].norm().item()
     assert grads[False] == pytest.approx(0.0, abs=1e-6)
     assert grads[True] > 0.1
 
 
 def test_equal_vectors_give_finite_gradients():
-    emb = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]], requires_grad=True)
-    out = HierarchicalTripletLoss()(emb, trip([(0, 1, 2, INTER)]))
-    out.loss.backward()
-    assert torch.isfinite(out.loss) and torch.isfinite(emb.grad).all()
-    assert out.loss.item() == pytest.approx(math.pi / 2, abs=2e-3)
+    for distance in ("angular", "euclidean"):
+        emb = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]], requires_grad=True)
+        out = HierarchicalTripletLoss(distance=distance)(emb, trip([(0, 1, 2, INTER)]))
+        out.loss.backward()
+        assert torch.isfinite(out.loss) and torch.isfinite(emb.grad).all()
+        assert out.loss.item() == pytest.approx(math.pi / 2, abs=2e-3)  # (pi - 0 + 0) / 2
+
+
+def test_euclidean_is_the_default_and_uses_raw_vectors():
+    # a ~ origin (1e-3, 0), p = (5, 0): |a-p| ~ 5; n = (0, 4): |a-n| ~ 4, cos(a, n) = 0.
+    # parent: pi/2 - 4 + 5 = pi/2 + 1; sibling (margin pi/2 + arccos(0) = pi): pi + 1; inter: pi + 1.
+    # Sum (5pi/2 + 3) over 2N = 6.
+    emb = torch.tensor([[1e-3, 0.0], [5.0, 0.0], [0.0, 4.0]])
+    loss = HierarchicalTripletLoss()
+    assert loss.distance == "euclidean"
+    out = loss(emb, trip([(0, 1, 2, PARENT), (0, 1, 2, SIBLING), (0, 1, 2, INTER)]))
+    assert out.loss.item() == pytest.approx((5 * math.pi / 2 + 3) / 6, abs=2e-3)
+    # the scale matters now (it did not for angles): far apart, every hinge switches off
+    assert loss(emb * 10, trip([(0, 2, 1, INTER)])).loss.item() == 0.0
+    # |a - n| = 40 > pi + |a - p|: the inter-class margin can be met, unlike any angle's
+    assert HierarchicalTripletLoss(distance="angular")(emb * 10, trip([(0, 2, 1, INTER)])).loss.item() > 0
+
+
+def test_euclidean_sibling_margin_is_taken_on_the_cosine():
+    # a and n at 60 degrees (arccos(|cos|) = pi/3, margin 5pi/6) whatever their lengths; p = a.
+    a, n = torch.tensor(unit(0)), torch.tensor(unit(60))
+    for scale in (1.0, 2.0):
+        emb = torch.stack([a, a, n * scale])
+        d_an = float((a - n * scale).norm())
+        out = HierarchicalTripletLoss()(emb, trip([(0, 1, 2, SIBLING)]))
+        assert out.loss.item() == pytest.approx(max(0.0, 5 * math.pi / 6 - d_an) / 2, abs=1e-4)
+
+
+def test_unknown_distance_is_refused():
+    with pytest.raises(ValueError, match="distance"):
+        HierarchicalTripletLoss(distance="cosine")
 
 
 def test_infonce_by_hand():
@@ -109,6 +141,12 @@ def test_hard_negative_mining_keeps_the_closest_negatives_per_pair():
     cos_an = torch.nn.functional.normalize(emb, dim=-1)
     c = (cos_an[[0, 0, 0, 1]] * cos_an[[2, 3, 4, 5]]).sum(-1)
     keep = sorted(torch.argsort(c[:3], descending=True)[:1].tolist()) + [3]
+    sub = Triplets(t.anchor[keep], t.positive[keep], t.negative[keep], t.kind[keep])
+    mined = HierarchicalTripletLoss(hard_negatives=1, distance="angular")(emb, t).loss
+    assert torch.allclose(mined, HierarchicalTripletLoss(distance="angular")(emb, sub).loss)
+    # Euclidean: the closest negative by distance
+    d = (emb[[0, 0, 0]] - emb[[2, 3, 4]]).norm(dim=-1)
+    keep = [int(torch.argmin(d))] + [3]
     sub = Triplets(t.anchor[keep], t.positive[keep], t.negative[keep], t.kind[keep])
     mined = HierarchicalTripletLoss(hard_negatives=1)(emb, t).loss
     assert torch.allclose(mined, HierarchicalTripletLoss()(emb, sub).loss)

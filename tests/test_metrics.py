@@ -129,6 +129,33 @@ def test_two_macro_f1_definitions_differ_hand_worked():
     assert M.micro_recall(y, pred) == pytest.approx(1.0)
     assert M.micro_f1(y, pred) == pytest.approx(2 / 3)
     assert M.all_metrics(y, pred.astype(float), 0.5)["n_codes_macro"] == 2
+    # CAML's all-columns macro (KEPT's full-set Table 3): code C counts with P = 0 (1 fp), R = 0/0 = 0.
+    # macro P = (1/2 + 1 + 0)/3 = 1/2, macro R = (1 + 1 + 0)/3 = 2/3, F1 = 2 * 1/2 * 2/3 / (7/6) = 4/7
+    assert M.macro_pr_all_columns(y, pred) == pytest.approx((0.5, 2 / 3))
+    assert M.macro_f1_all_columns(y, pred) == pytest.approx(4 / 7)
+    out = M.all_metrics(y, pred.astype(float), 0.5)
+    assert out["macro_f1_all_columns"] == pytest.approx(4 / 7) and out["macro_f1"] == pytest.approx(6 / 7)
+    assert out["macro_precision_all_columns"] == pytest.approx(0.5)
+
+
+def test_all_columns_macro_f1_matches_sklearn_over_every_label(random_case):
+    # = the harmonic mean of scikit-learn's macro P and R with zero_division=0 over all 25 columns
+    y, s = random_case
+    pred = s >= 0.5
+    p = precision_score(y, pred, average="macro", zero_division=0)
+    r = recall_score(y, pred, average="macro", zero_division=0)
+    assert M.macro_f1_all_columns(y, pred) == pytest.approx(2 * p * r / (p + r))
+
+
+def test_ranking_uses_logits_where_sigmoids_tie():
+    # float32 sigmoid of 20 and of 30 are both exactly 1.0: P@1 by probability depends on code order
+    logits = np.array([[20.0, 30.0, -5.0]], dtype=np.float32)
+    probs = (1 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+    assert probs[0, 0] == probs[0, 1] == 1.0
+    y = np.array([[0, 1, 0]])
+    assert M.all_metrics(y, probs, 0.5, ks=(1,))["p@1"] == 0.0  # the tie goes to code 0
+    out = M.all_metrics(y, probs, 0.5, ks=(1,), rank_score=logits)
+    assert out["p@1"] == 1.0 and out["micro_precision"] == 0.5  # thresholded metrics still on probs
 
 
 def test_precision_recall_at_k_hand_worked():
@@ -185,6 +212,22 @@ def test_tune_threshold_finds_the_grid_and_exact_optimum(random_case):
     unique = np.unique(s)
     brute_u = [f1_score(y.ravel(), s.ravel() >= t) for t in unique]
     assert M.tune_threshold(y, s, grid="unique") == unique[int(np.argmax(brute_u))]
+    assert M.tune_threshold(y, s, grid="exact") == unique[int(np.argmax(brute_u))]
+    assert M.tune_threshold(y, s, grid="grid") == t
+
+
+def test_exact_threshold_on_continuous_scores_beats_or_equals_the_grid():
+    rng = np.random.default_rng(3)
+    y = (rng.random((300, 40)) < 0.1).astype(np.uint8)
+    s = np.clip(rng.normal(0.3 + 0.3 * y, 0.15), 0, 1).astype(np.float32)
+    t_exact, t_grid = M.tune_threshold(y, s, grid="exact"), M.tune_threshold(y, s)
+    f1 = lambda t: f1_score(y.ravel(), s.ravel() >= t)  # noqa: E731
+    assert t_exact in set(s.ravel().tolist())  # a dev score itself
+    assert f1(t_exact) >= f1(t_grid)
+    brute = max(f1(t) for t in np.unique(s)[::7])  # a sample of candidates can only do as well
+    assert f1(t_exact) >= brute
+    with pytest.raises(ValueError, match="exact"):
+        M.tune_threshold(y, s, grid="best")
     assert M.tune_threshold(y, s, grid=[0.9, 0.2]) in (0.2, 0.9)
 
 

@@ -16,7 +16,7 @@ from kept.cli import main
 from kept.errors import InputFileError, KeptError
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "mimic"
-SMALL = MimicConfig(top_n=3, rare_n=2, progress=False)
+SMALL = MimicConfig(top_n=3, rare_n=2, progress=False, rare50="rule")
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,41 @@ def test_cli_with_gzip_and_seeded_patient_split(tmp_path):
     assert meta["split_rule"].startswith("seeded patient-level")
     subjects = [{d.subject_id for d in read_split(out / "full", s)} for s in ("train", "dev", "test")]
     assert sum(len(s) for s in subjects) == len(set().union(*subjects))  # no patient in two splits
-    assert sum(meta["sets"]["full"][s] for s in ("train", "dev", "test")) == 8
+    assert sum(meta["sets"]["full"][s] for s in ("train", "dev", "test")) == 11
+    assert meta["rare50_variant"] == "kept"  # the default
+
+
+def test_rare50_defaults_to_kepts_lists(tmp_path):
+    from coder.mimic import read_kept_rare50
+
+    codes, lists = read_kept_rare50()
+    assert len(codes) == 50 and {s: len(v) for s, v in lists.items()} == {"train": 249, "dev": 20, "test": 142}
+    assert all(set(c for *_, cs in v for c in cs) <= set(codes) for v in lists.values())
+    meta = prepare_mimic(FIX, tmp_path, FIX / "splits", MimicConfig(progress=False))
+    assert meta["rare50_variant"] == "kept" and meta["rare50_rule"].startswith("KEPT's released lists")
+    assert read_codes(tmp_path / "rare50") == codes  # all 50, in KEPT's order
+    docs = {s: {d.hadm_id: d for d in read_split(tmp_path / "rare50", s)} for s in ("train", "dev", "test")}
+    # exactly the listed rare codes, not the admission's other codes (401.9, 250.00)
+    assert docs["train"]["199748"].labels == ["955.1", "40.7"]
+    assert docs["dev"]["117847"].labels == ["447.9"]
+    assert docs["test"]["122116"].labels == ["550.11", "53.02"]  # listed twice by KEPT: once here
+    assert "keptraretrain" in docs["train"]["199748"].text  # the admission's own note
+    assert {s: len(d) for s, d in docs.items()} == {"train": 1, "dev": 1, "test": 1}
+    w = meta["warnings"]
+    assert w["rare50_listed_admission_without_document"]["count"] == 411 - 3
+    # the fixture's CAML split files do not list these admissions: counted, not dropped
+    assert w["rare50_listed_admission_not_in_train_full_split"]["examples"] == ["HADM_ID 199748"]
+    # the other sets are as before
+    assert meta["sets"]["full"] == {"codes": 19, "train": 5, "dev": 1, "test": 2}
+
+
+def test_rare50_variant_is_checked_and_rule_is_a_flag(tmp_path):
+    with pytest.raises(KeptError, match="rare50"):
+        MimicConfig(rare50="paper")
+    assert main(["data", "mimic", "--mimic-dir", str(FIX), "--out", str(tmp_path), "--splits", str(FIX / "splits"),
+                 "--top-n", "3", "--rare-n", "2", "--rare50", "rule", "--no-progress"]) == 0
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    assert meta["rare50_variant"] == "rule" and read_codes(tmp_path / "rare50")[0] == "96.71"
 
 
 def test_missing_columns_name_the_file(tmp_path):

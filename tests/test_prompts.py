@@ -119,3 +119,27 @@ def test_verbalizer_ids_and_errors(tok):
         build_verbalizer(tok, (word, "no"))
     with pytest.raises(KeptError, match="same token"):
         build_verbalizer(tok, ("yes", "yes"))
+    # WordPiece has one form: both settings give the same ids
+    assert build_verbalizer(tok, form="bare") == v
+    with pytest.raises(KeptError, match="form"):
+        build_verbalizer(tok, form="prefixed")
+
+
+def test_verbalizer_forms_on_a_bpe_vocabulary(tmp_path):
+    """RoBERTa-style BPE keeps `yes` and `Ġyes`: kept's default scores the spaced token, KEPT's code
+    the bare one; `verbalizer_form` picks either, and a word with one form only falls back (spaced)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    corpus = ["yes it is", "no it is not", "the answer is yes", "the answer is no", "maybe"] * 50
+    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, unk_token="<unk>", pad_token="<pad>",
+                                  mask_token="<mask>", bos_token="<s>", eos_token="</s>")
+    vocab = tok.get_vocab()
+    assert {"yes", "\u0120yes", "no", "\u0120no"} <= set(vocab)
+    spaced, bare = build_verbalizer(tok), build_verbalizer(tok, form="bare")
+    assert tok.convert_ids_to_tokens([spaced.yes_id, spaced.no_id]) == ["\u0120yes", "\u0120no"]
+    assert tok.convert_ids_to_tokens([bare.yes_id, bare.no_id]) == ["yes", "no"]
+    assert (bare.yes_id, bare.no_id) == (vocab["yes"], vocab["no"])

@@ -235,3 +235,22 @@ def test_hierarchical_entry_errors_are_one_line(tmp_path, capsys):
     (run / "metrics.json").write_text(json.dumps(meta))
     with pytest.raises(InputFileError, match="micro_f1 both under 'metrics' and 'hierarchical'"):
         R.load_run(run / "metrics.json")
+
+
+def test_saved_logits_order_the_ranking_metrics(tmp_path):
+    # Saturated sigmoids tie; the run's logits break the ties in P@k and AUC, and travel through align.
+    y, hadm = gold(30)
+    logits = np.where(y == 1, 30.0, 20.0) + np.random.default_rng(0).normal(0, 0.1, y.shape)
+    s = np.ones_like(logits)  # every float32 sigmoid of a logit >= 17 is 1.0
+    run = write_run(tmp_path, "a", 0, y, s, hadm)
+    with np.load(run / "test_scores.npz") as z:
+        arrays = dict(z)
+    np.savez(run / "test_scores.npz", **arrays, logits=logits.astype(np.float32))
+    scores = R.load_scores(R.Run(run, "a", "50", "synthetic", 0, 0.5))
+    assert scores.logits is not None and scores.logits.shape == y.shape
+    names = ["p@5", "macro_auc", "micro_f1"]
+    got = R.weighted_metrics(np.ones((1, 30)), y, s, 0.5, names, rank_score=scores.logits)
+    ref = all_metrics(y, s, 0.5, rank_score=scores.logits)
+    for name in names:
+        assert got[name][0] == pytest.approx(ref[name]), name
+    assert got["macro_auc"][0] == 1.0 and all_metrics(y, s, 0.5)["macro_auc"] == 0.5

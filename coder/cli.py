@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 
 
 def cmd_longify(args: argparse.Namespace) -> int:
@@ -32,6 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     summary = train_coder(args.data, args.model, args.out, _config(args), resume=args.resume,
                           max_docs=args.max_docs)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 evaluated and reports
+        return 0
     print(f"best dev micro-F1 {summary['best_dev_micro_f1']:.4f} after {summary['epochs']} evaluation(s); "
           f"checkpoint {summary['best']}")
     return 0

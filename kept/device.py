@@ -8,6 +8,7 @@ on overflow, schedule only steps that happened). Stages import these; none keeps
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from typing import Iterable, Iterator
 
@@ -106,7 +107,9 @@ class Dist:
         if self.world > 1 and not torch.distributed.is_initialized():
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            # Rank 0 evaluates and saves while the others wait at a barrier: allow it an hour or two.
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                                 timeout=datetime.timedelta(hours=2))
 
     @property
     def main(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 
 from kept.argtypes import (nonnegative_int, positive_float, positive_int, positive_int_list,
                            probability)
@@ -42,6 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise KeptError(f"--model is required for --head {config.head} (only tfidf-lr trains without one)")
     summary = train_coder(args.data, args.model, args.out, config, resume=args.resume,
                           max_docs=args.max_docs)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 evaluated and reports
+        return 0
     print(f"best dev micro-F1 {summary['best_dev_micro_f1']:.4f} after {summary['epochs']} evaluation(s); "
           f"checkpoint {summary['best']}")
     return 0

@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from kept.device import amp_dtype, resolve_device
 from kept.errors import InputFileError, KeptError
 from kept.io import atomic_write, dump_json
 
@@ -79,18 +80,8 @@ def supports_global_attention(model: nn.Module) -> bool:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 where the GPU has it, else fp16; CPU runs in fp32 (CPU autocast is slower here)."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
+    """kept.device.resolve_device (one home; `cuda` means this rank's GPU under torchrun)."""
+    return resolve_device(name)
 
 
 @contextlib.contextmanager
@@ -154,6 +145,29 @@ def set_trainable(model: nn.Module, mode: str, head: nn.Module | None = None) ->
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def enable_checkpointing(model: nn.Module) -> bool:
+    """Gradient checkpointing where it saves memory, at no extra cost elsewhere; returns whether on.
+
+    Off when no encoder layer trains (lm-head): nothing below the head keeps activations then.
+    Non-reentrant, and without the input-embedding grad hook transformers adds: that hook makes
+    the frozen layers below a trained one join the backward pass (2.7-3.3x the FLOPs measured
+    for lm-head / last-layer), and reentrant checkpointing would fail without it (4.x)."""
+    try:
+        layers = encoder_layers(model)
+    except KeptError:
+        layers = model
+    if not any(p.requires_grad for p in layers.parameters()):
+        return False
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2 (the old name warns)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if hasattr(model, "disable_input_require_grads"):
+        model.disable_input_require_grads()
+    return True
+
+
 class PromptCoder(nn.Module):
     """KEPT's scorer: encode prompt+note, gather the mask positions, apply the LM head there only,
     and return logit(yes) - logit(no) per code (sigmoid of it = the 2-way softmax of the paper)."""
@@ -174,8 +188,11 @@ class PromptCoder(nn.Module):
         hidden = base_encoder(self.mlm)(**kwargs).last_hidden_state  # (B, L, H)
         pos = batch["mask_positions"]  # (B, N)
         gathered = hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # (B, N, H)
-        logits = lm_head_module(self.mlm)(gathered)  # (B, N, V): N masks, never L positions
-        return (logits[..., self.yes_id] - logits[..., self.no_id]).float()
+        # The head in fp32 even under autocast: logit(yes) and logit(no) are large and close, and
+        # rounded to bf16 first their difference (the score) collapses. N positions: cheap.
+        with torch.autocast(gathered.device.type, enabled=False):
+            logits = lm_head_module(self.mlm)(gathered.float())  # (B, N, V): N masks, never L positions
+        return logits[..., self.yes_id] - logits[..., self.no_id]
 
 
 # ---- the coder's configuration and its checkpoint folder -------------------------------------------

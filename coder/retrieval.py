@@ -46,6 +46,7 @@ INDEX_TYPES = ("flat", "hnsw", "ivf")
 AGGREGATIONS = ("max", "mean-top", "logsumexp")
 INDEX_FILE, TERMS_FILE, META_FILE = "terms.faiss", "terms.parquet", "index.json"
 RECALL_KS = (50, 100, 300)
+GPU_MAX_K = 2048  # faiss-gpu returns at most this many results per query (k-select limit)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class TermIndex:
     meta: dict
     codes: list[str] = field(init=False)
     row_code: np.ndarray = field(init=False)
+    cpu_index: faiss.Index | None = field(default=None, repr=False)  # a GPU index's CPU copy (k > GPU_MAX_K)
 
     def __post_init__(self) -> None:
         cat = pd.Categorical(self.terms["code"])
@@ -138,12 +140,33 @@ def make_index(embs: np.ndarray, config: IndexConfig) -> faiss.Index:
     return index
 
 
-def to_gpu(index: faiss.Index) -> faiss.Index:
-    """The same index on every GPU faiss sees (flat and IVF; HNSW has no GPU version)."""
+_GPU_RESOURCES: dict[int, object] = {}  # one StandardGpuResources per GPU, alive as long as its indexes
+
+
+def to_gpu(index: faiss.Index, device=None) -> faiss.Index:
+    """The same index on one GPU: the encoder's (`device`, a torch device or GPU number; default 0),
+    not a copy on every visible GPU. Flat and IVF; HNSW has no GPU version."""
     if isinstance(index, faiss.IndexHNSW):
         log.info("HNSW has no GPU version in faiss: searching on CPU")
         return index
-    return faiss.index_cpu_to_all_gpus(index)
+    gpu = device if isinstance(device, int) else (getattr(device, "index", None) or 0)
+    if gpu not in _GPU_RESOURCES:
+        _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(_GPU_RESOURCES[gpu], gpu, index)
+
+
+def is_gpu_index(index) -> bool:
+    return "Gpu" in type(index).__name__
+
+
+def search_index(ti: TermIndex, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`ti.index.search`, except that k above faiss-gpu's limit (GPU_MAX_K) goes to the index's CPU
+    copy: the GPU index would fail (the widening loop in search_notes asks for up to every term)."""
+    if k > GPU_MAX_K and is_gpu_index(ti.index):
+        if ti.cpu_index is None:
+            ti.cpu_index = faiss.index_gpu_to_cpu(ti.index)
+        return ti.cpu_index.search(x, k)
+    return ti.index.search(x, k)
 
 
 def build_index(model_path: str | Path, out_dir: str | Path, graph: nx.DiGraph | None = None,
@@ -173,7 +196,7 @@ def build_index(model_path: str | Path, out_dir: str | Path, graph: nx.DiGraph |
     ti = TermIndex(index, terms, meta)
     save_index(ti, out_dir, force=force)
     if use_gpu(config.gpu):
-        ti.index = to_gpu(index)
+        ti.index, ti.cpu_index = to_gpu(index, encoder.device), index
     log.info("indexed %d terms of %d codes in %.1f s (+%.2f s index)", index.ntotal, meta["codes"], t_embed, t_index)
     return ti
 
@@ -188,7 +211,7 @@ def save_index(ti: TermIndex, out_dir: str | Path, force: bool = False) -> None:
         (tmp / META_FILE).write_text(json.dumps(ti.meta, indent=1), encoding="utf-8")
 
 
-def load_index(index_dir: str | Path, gpu: bool | None = None) -> TermIndex:
+def load_index(index_dir: str | Path, gpu: bool | None = None, device=None) -> TermIndex:
     require_faiss()
     d = Path(index_dir)
     for name in (INDEX_FILE, TERMS_FILE, META_FILE):
@@ -204,7 +227,9 @@ def load_index(index_dir: str | Path, gpu: bool | None = None) -> TermIndex:
         raise InputFileError(d / TERMS_FILE, f"{len(terms)} rows but the index holds {index.ntotal} vectors")
     terms["code"] = terms["code"].astype(str)
     if use_gpu(gpu):
-        index = to_gpu(index)
+        gpu_index = to_gpu(index, device)
+        if gpu_index is not index:
+            return TermIndex(gpu_index, terms, meta, cpu_index=index)
     return TermIndex(index, terms, meta)
 
 
@@ -289,7 +314,7 @@ def search_notes(ti: TermIndex, encoder: Encoder, texts: Sequence[str], config: 
         pieces = [encoder.chunk_ids(t, config.chunk_tokens, config.chunk_stride) for t in batch]
         owner = np.repeat(np.arange(len(batch)), [len(p) for p in pieces])
         embs = encoder.encode_ids([p for ps in pieces for p in ps], config.batch_size)
-        sims, ids = ti.index.search(embs, k_terms)
+        sims, ids = search_index(ti, embs, k_terms)
         for i in range(len(batch)):
             rows = np.flatnonzero(owner == i)
             s, r, k = sims[rows], ids[rows], k_terms
@@ -304,7 +329,7 @@ def search_notes(ti: TermIndex, encoder: Encoder, texts: Sequence[str], config: 
                 if len(codes) >= want or k >= n_total:
                     break
                 k = min(2 * k, n_total)
-                s, r = ti.index.search(embs[rows], k)
+                s, r = search_index(ti, embs[rows], k)
             results.append((codes[:want], scores[:want]))
         bar.update(len(batch))
     bar.close()
@@ -364,8 +389,10 @@ def retrieve(index_dir: str | Path, set_dir: str | Path, out_dir: str | Path, co
     from coder.datasets import read_codes, read_split
 
     config = config or RetrieveConfig()
-    ti = load_index(index_dir, gpu)
+    ti = load_index(index_dir, False)
     encoder = load_encoder(model or ti.meta["model"], ti.meta["pooling"], device)
+    if use_gpu(gpu):  # on the encoder's GPU
+        ti.index, ti.cpu_index = to_gpu(ti.index, encoder.device), ti.index
     if encoder.dim != ti.meta["dim"]:
         raise KeptError(f"encoder dim {encoder.dim} differs from the index's {ti.meta['dim']}")
     label_space = read_codes(set_dir)

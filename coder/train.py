@@ -2,7 +2,9 @@
 
 Plain PyTorch: AdamW + linear warm-up, AMP and gradient checkpointing on GPU, gradient
 accumulation, dev evaluation every epoch, best checkpoint by dev micro-F1 (threshold tuned on dev),
-resumable from OUT/last. Test data are never read here.
+resumable from OUT/last. Test data are never read here. Under `torchrun` (WORLD_SIZE > 1) it trains
+with DDP, as the paper did on 2 A100s: each rank takes its share of every epoch's batches, rank 0
+evaluates and saves while the others wait.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import torch
 from tqdm import tqdm
 
 from coder.evaluate import build_scorer, effective_max_length, label_matrix, predict_examples
-from coder.modeling import (CoderConfig, PromptCoder, amp_dtype, autocast, load_tokenizer, pick_device,
+from coder.modeling import (CoderConfig, PromptCoder, amp_dtype, autocast, enable_checkpointing, load_tokenizer,
                             set_trainable, write_coder_file)
 from coder.prompts import build_examples, build_prompts, code_descriptions, collate, make_batches
+from kept.device import Dist, load_scaler_state, make_scaler, maybe_no_sync, optimizer_step
 from kept.errors import InputFileError, KeptError
 from kept.io import atomic_dir, atomic_path, atomic_write, dump_json
 from kept.rng import restore_rng_state, rng_state
@@ -75,6 +78,16 @@ def _optimizer(model, config: CoderConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
 
 
+def shard(batches: list, rank: int, world: int) -> list:
+    """Rank `rank`'s share of an epoch's batches: every world-th one, the last share topped up from
+    the start so every rank runs as many steps (DDP waits for all ranks at each backward)."""
+    if world == 1:
+        return batches
+    per_rank = math.ceil(len(batches) / world)
+    padded = (batches * (1 + per_rank * world // max(len(batches), 1)))[:per_rank * world]
+    return padded[rank::world]
+
+
 def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path, config: CoderConfig,
                 resume: bool = False, max_docs: int | None = None) -> dict:
     """Train on `set_dir`/train, select on dev; writes OUT/best (a loadable coder), OUT/last, history.
@@ -114,18 +127,22 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     log.info("%d train / %d dev examples, %d codes in %d prompt(s) of <= %d, max %d tokens (%.1fs)",
              len(train_ex), len(dev_ex), len(codes), len(prompts), config.prompt_codes, max_length, time.time() - t0)
 
-    device = pick_device(config.device)
+    dist = Dist(config.device)
+    device = dist.device
     head = getattr(model, "head", None)
     encoder = model.mlm if isinstance(model, PromptCoder) else model.encoder
     n_train = set_trainable(encoder, config.train_mode, head)
     log.info("training %s: %s trainable parameters (mode %s)", config.head, f"{n_train:,}", config.train_mode)
-    if device.type == "cuda" and config.gradient_checkpointing:
-        encoder.gradient_checkpointing_enable()
+    if device.type == "cuda" and config.gradient_checkpointing and not enable_checkpointing(encoder):
+        log.info("gradient checkpointing off: no encoder layer trains in mode %s", config.train_mode)
     model.to(device)
     dtype = amp_dtype(device, config.precision)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    scaler = make_scaler(dtype)
 
-    steps_per_epoch = math.ceil(len(make_batches(train_ex, config.batch_size, False)) / config.grad_accum)
+    n_batches = len(shard(make_batches(train_ex, config.batch_size, False), dist.rank, dist.world))
+    steps_per_epoch = math.ceil(n_batches / config.grad_accum)
+    if dist.world > 1 and dist.main:
+        log.info("DDP over %d processes: %d batches per rank per epoch", dist.world, n_batches)
     optimizer = _optimizer(model, config) if config.epochs else None
     total = max(1, steps_per_epoch * config.epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total) \
@@ -138,7 +155,7 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
         if optimizer:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
+            load_scaler_state(scaler, state.get("scaler"))
         start_epoch, best_f1, history = state["epoch"], state["best_f1"], state["history"]
         restore_rng_state(state.get("rng"))
         log.info("resumed from %s after epoch %d (best dev micro-F1 %.4f)", last, start_epoch, best_f1)
@@ -160,41 +177,47 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
         with atomic_write(out / "history.json") as fh:
             dump_json(history, fh, indent=1)
 
-    if config.epochs == 0:
+    if config.epochs == 0 and dist.main:
         finish_epoch(0, None)
+    ddp = dist.wrap(model)  # `model` itself is what rank 0 evaluates and saves
+    trainable = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(start_epoch, config.epochs):
         model.train()
         if hasattr(model, "clear_code_cache"):  # label attention: re-encode code vectors each epoch
             model.clear_code_cache()
-        batches = make_batches(train_ex, config.batch_size, shuffle=True, seed=config.seed + epoch)
+        batches = shard(make_batches(train_ex, config.batch_size, shuffle=True, seed=config.seed + epoch),
+                        dist.rank, dist.world)
         losses = []
         optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not dist.main)
         for step, idx in enumerate(bar):
             exs = [train_ex[i] for i in idx]
             batch = collate(exs, prompts[exs[0].chunk], tokenizer.pad_token_id, config.global_stride, with_masks)
             batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast(device, dtype):
-                logits = model(batch)
-            # BCE on logit(yes) - logit(no) == cross-entropy of the yes/no softmax
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits.float(), batch["labels"], pos_weight=pos_weight)
-            scaler.scale(loss / config.grad_accum).backward()
-            losses.append(loss.item())
-            if (step + 1) % config.grad_accum == 0 or step + 1 == len(batches):
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                               config.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        finish_epoch(epoch + 1, float(np.mean(losses)))
-        last.mkdir(parents=True, exist_ok=True)
-        with atomic_path(last / STATE_FILE) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                        "epoch": epoch + 1, "best_f1": best_f1, "history": history,
-                        "config": config.__dict__, "rng": rng_state()}, tmp)
+            boundary = (step + 1) % config.grad_accum == 0 or step + 1 == len(batches)
+            with maybe_no_sync(ddp, sync=boundary):  # one all-reduce per optimizer step
+                with autocast(device, dtype):
+                    logits = ddp(batch)
+                # BCE on logit(yes) - logit(no) == cross-entropy of the yes/no softmax
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits.float(), batch["labels"], pos_weight=pos_weight)
+                scaler.scale(loss / config.grad_accum).backward()
+            losses.append(loss.detach())  # on the device: no host sync per micro-step
+            if boundary:
+                optimizer_step(scaler, optimizer, scheduler, trainable, config.max_grad_norm)
+                if dist.main:
+                    bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.4f}")
+        epoch_loss = torch.stack(losses).float().mean()
+        if dist.world > 1:
+            torch.distributed.all_reduce(epoch_loss)
+            epoch_loss /= dist.world
+        if dist.main:
+            finish_epoch(epoch + 1, float(epoch_loss))
+            last.mkdir(parents=True, exist_ok=True)
+            with atomic_path(last / STATE_FILE) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                            "epoch": epoch + 1, "best_f1": best_f1, "history": history,
+                            "config": config.__dict__, "rng": rng_state()}, tmp)
+        dist.barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
     return {"best_dev_micro_f1": best_f1, "epochs": len(history), "history": history, "best": str(out / "best")}

@@ -78,6 +78,23 @@ def bare_encoder(src: str | Path, local_only: bool = True) -> nn.Module:
         return AutoModel.from_pretrained(str(src), local_files_only=local_only)
 
 
+GLOBAL_PROJECTIONS = ("query_global", "key_global", "value_global")
+
+
+def freeze_global_attention(model: nn.Module) -> int:
+    """Freeze Longformer's global q/k/v projections; returns how many parameters were frozen.
+
+    Terms are encoded without global attention, so these weights get no gradient; under DDP
+    (find_unused_parameters=False) the first step then fails ("Expected to have finished reduction").
+    Frozen, they are saved unchanged for the coder, which does use global attention."""
+    n = 0
+    for name, p in model.named_parameters():
+        if name.rpartition(".")[0].rpartition(".")[2] in GLOBAL_PROJECTIONS:  # ....query_global.weight
+            p.requires_grad_(False)
+            n += p.numel()
+    return n
+
+
 class TermEncoder(nn.Module):
     """`AutoModel` + `AutoTokenizer`; `forward(texts)` returns (batch, hidden) pooled vectors.
 
@@ -119,6 +136,29 @@ class TermEncoder(nn.Module):
             raise KeptError(f"cannot load a Hugging Face encoder from {src!r}: {exc}".splitlines()[0]) from exc
         return cls(model, tok, max_length, detect_pooling(src) if pooling == "auto" else pooling, mlm)
 
+    def narrow_attention_window(self, tokens: int | None = None) -> bool:
+        """Longformer only: shrink every layer's sliding window to 2 * `tokens` (default max_length)
+        while encoding terms. Longformer pads every input to a multiple of its window: a 32-token term
+        would be padded to 512 and cost 16x the compute. A window of twice the input length still lets
+        every token see every other, so the vectors do not change. `save` writes the original window."""
+        model = getattr(self.model, "module", self.model)
+        if getattr(model.config, "model_type", "") != "longformer":
+            return False
+        want = 2 * (tokens or self.max_length)
+        config = model.config
+        original = list(config.attention_window) if isinstance(config.attention_window, (list, tuple)) \
+            else [config.attention_window] * config.num_hidden_layers
+        narrowed = [min(w, want) for w in original]
+        if narrowed == original:
+            return False
+        if getattr(self, "_saved_window", None) is None:
+            object.__setattr__(self, "_saved_window", original)
+        for m in model.modules():
+            if hasattr(m, "one_sided_attn_window_size") and hasattr(m, "layer_id"):
+                m.one_sided_attn_window_size = narrowed[m.layer_id] // 2
+        config.attention_window = narrowed
+        return True
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -154,7 +194,15 @@ class TermEncoder(nn.Module):
         """`save_pretrained` of the model (with its MLM head, if it came with one) and the tokenizer
         into `directory` (must exist)."""
         model = getattr(self.model, "module", self.model)
-        (self.mlm if self.mlm is not None else model).save_pretrained(str(directory))
+        narrowed, saved = model.config.attention_window if hasattr(model.config, "attention_window") else None, \
+            getattr(self, "_saved_window", None)
+        if saved is not None:  # the checkpoint keeps the window it came with (the coder needs it)
+            model.config.attention_window = saved
+        try:
+            (self.mlm if self.mlm is not None else model).save_pretrained(str(directory))
+        finally:
+            if saved is not None:
+                model.config.attention_window = narrowed
         self.tokenizer.save_pretrained(str(directory))
         # So `pooling="auto"` (here and in `kept coder index`) embeds the way training did.
         (Path(directory) / POOLING_FILE).parent.mkdir(exist_ok=True)

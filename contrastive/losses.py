@@ -153,13 +153,9 @@ def hardest_per_pair(pair: torch.Tensor, cos_an: torch.Tensor, h: int) -> torch.
 
 def _per_kind(per: torch.Tensor, kind: torch.Tensor) -> dict[str, tuple[float, int]]:
     per, kind = per.detach(), kind.detach()
-    out = {}
-    for k, name in ((PARENT, "parent"), (SIBLING, "sibling"), (INTER, "inter")):
-        m = kind == k
-        cnt = int(m.sum())
-        if cnt:
-            out[name] = (float(per[m].sum()), cnt)
-    return out
+    member = torch.stack([kind == k for k in (PARENT, SIBLING, INTER)]).to(per.dtype)  # (3, triplets)
+    sums, counts = torch.stack([member @ per, member.sum(1)]).tolist()  # one host sync, not six
+    return {name: (s, int(c)) for name, s, c in zip(("parent", "sibling", "inter"), sums, counts) if c}
 
 
 LOSSES = {"triplet": HierarchicalTripletLoss, "infonce": InfoNCELoss}

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from contrastive.encoder import TermEncoder, pool
+from contrastive.encoder import TermEncoder, freeze_global_attention, pool
 from contrastive.losses import DISTANCES, LOSSES
 from contrastive.sampling import BatchSampler, HeldOut, SamplerConfig, heldout_split
 from contrastive.triplets import sampler_triplets
+from kept.device import Dist, amp_dtype, load_scaler_state, make_scaler, maybe_no_sync, optimizer_step
 from kept.errors import InputFileError, KeptError
 from kept.io import MARKER, atomic_dir, atomic_write, clear_stale_temps, replace_dir
 from kept.rng import restore_rng_state, rng_state
@@ -112,38 +113,12 @@ def load_graph_for(path: str | None):
 
 
 def _amp_dtype(cfg: HSAPConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.amp == "none" or (cfg.amp == "auto" and device.type != "cuda"):
-        return None
-    if cfg.amp == "fp16":
-        return torch.float16
-    if cfg.amp == "auto" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+    return amp_dtype(device, cfg.amp)
 
 
 def _checkpoints(out: Path) -> list[Path]:
     found = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-class _Dist:
-    """torchrun's environment: rank, world size, local device; DDP only when WORLD_SIZE > 1."""
-
-    def __init__(self, device: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "auto":
-            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        if self.world > 1 and not torch.distributed.is_initialized():
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 def save_checkpoint(enc: TermEncoder, directory: Path, state: dict, cfg: HSAPConfig, heldout: HeldOut) -> None:
@@ -164,7 +139,7 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
     from tqdm import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    dist = _Dist(cfg.device)
+    dist = Dist(cfg.device)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + dist.rank)
     G = load_graph_for(cfg.graph)
@@ -177,31 +152,32 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
     resume_from = ckpts[-1] if resume else None
     enc = TermEncoder.load(resume_from or cfg.model, max_length=cfg.max_length, pooling=cfg.pooling)
     enc.model.to(dist.device).train()
+    if freeze_global_attention(enc.model):
+        log.info("Longformer: global-attention projections frozen (terms use none)")
+    enc.narrow_attention_window(cfg.max_length)
     loss_fn = make_loss(cfg)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     params = [
-        {"params": [p for n, p in enc.model.named_parameters() if not n.endswith(no_decay)],
+        {"params": [p for n, p in enc.model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
          "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in enc.model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+        {"params": [p for n, p in enc.model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
+         "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * cfg.steps), cfg.steps)
     amp = _amp_dtype(cfg, dist.device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    scaler = make_scaler(amp)
     start = 0
     if resume_from is not None:
         state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=False)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        load_scaler_state(scaler, state.get("scaler"))
         start = state["step"]
         if dist.world == 1:  # the checkpoint holds rank 0's states only
             restore_rng_state(state.get("rng"))
         log.info("resumed from %s at step %d", resume_from, start)
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        enc.model = DDP(enc.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    enc.model = dist.wrap(enc.model)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_write(out / CONFIG_FILE) as fh:
@@ -212,7 +188,7 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
     norm_start = _mean_norm(enc, probe)
     if dist.main:
         log.info("mean term-vector norm at step %d: %.3f", start, norm_start)
-    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    sums: dict[str, list] = defaultdict(lambda: [0.0, 0])
     norm_end, first_log = norm_start, True
     t0, terms_seen, last = time.perf_counter(), 0, {}
     bar = tqdm(range(start, cfg.steps), desc="hsap", unit="step", disable=not (progress and dist.main),
@@ -223,28 +199,25 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
             for micro in range(cfg.grad_accum):
                 batch = sampler.batch((step * cfg.grad_accum + micro))
                 trip = sampler_triplets(sampler, batch)
-                with torch.autocast(dist.device.type, dtype=amp) if amp else contextlib.nullcontext():
-                    emb = enc(batch.texts)
-                res = loss_fn(emb, trip)
-                scaler.scale(res.loss / cfg.grad_accum).backward()
+                with maybe_no_sync(enc.model, sync=micro == cfg.grad_accum - 1):
+                    with torch.autocast(dist.device.type, dtype=amp) if amp else contextlib.nullcontext():
+                        emb = enc(batch.texts)
+                    res = loss_fn(emb, trip)
+                    scaler.scale(res.loss / cfg.grad_accum).backward()
                 terms_seen += len(batch)
-                value = float(res.loss.detach())
+                value = res.loss.detach()  # summed on the device; read back only when logged
                 sums["loss"][0] += value; sums["loss"][1] += 1
                 sums["norm"][0] += float(emb.detach().float().norm(dim=-1).mean()); sums["norm"][1] += 1
                 sums[f"level:{batch.level}"][0] += value; sums[f"level:{batch.level}"][1] += 1
                 for kind, (s, c) in res.per_kind.items():
                     sums[f"kind:{kind}"][0] += s; sums[f"kind:{kind}"][1] += c
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(enc.model.parameters(), cfg.max_grad_norm)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(scaler, opt, sched, (p for p in enc.model.parameters() if p.requires_grad),
+                           cfg.max_grad_norm)
             done = step + 1
             if done == cfg.steps:
                 norm_end = _mean_norm(enc, probe)
             if dist.main and (done % cfg.log_every == 0 or done == cfg.steps):
-                last = {k: v[0] / max(v[1], 1) for k, v in sums.items()}
+                last = {k: float(v[0]) / max(v[1], 1) for k, v in sums.items()}
                 rec = {"step": done, "lr": sched.get_last_lr()[0], **{k: round(v, 5) for k, v in last.items()}}
                 if first_log:  # the probe's mean norm where this run (or resume) started, and at the end
                     rec["norm_start"], first_log = round(norm_start, 4), False
@@ -268,8 +241,7 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
     if dist.main:
         log.info("mean term-vector norm at step %d: %.3f", cfg.steps, norm_end)
         _publish_final(out)
-    if dist.world > 1:
-        torch.distributed.barrier()
+    dist.barrier()
     return {"steps": cfg.steps, "start_step": start, "seconds": round(seconds, 2),
             "terms_per_s": round(terms_seen * dist.world / max(seconds, 1e-9), 1),
             "norm_start": round(norm_start, 4), "norm_end": round(norm_end, 4),

@@ -267,3 +267,55 @@ def test_final_model_is_published_whole(G, tiny, tmp_path, monkeypatch):
         if not rel.parts[0].startswith("checkpoint") and rel.name not in ("train_log.jsonl", "hsap_config.json"):
             assert (out / rel).read_bytes() == data, rel
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_torchrun_two_processes_train_a_longformer(tiny_longformer_dir, tmp_path):
+    """HSAP under DDP on a Longformer MLM: its global q/k/v get no gradient from terms (no global
+    attention) and must not stop DDP's reduction; the saved MLM keeps them and its window."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoConfig, LongformerForMaskedLM
+
+    out = tmp_path / "ddp_lf"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29518", "-m", "kept", "hsap", "train", "--model", str(tiny_longformer_dir),
+                           "--out", str(out), "--steps", "2", "--i", "2", "--j", "2", "--k", "2", "--device", "cpu",
+                           "--quiet", "--save-every", "2", "--log-every", "1", "--lr", "1e-2"],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after = LongformerForMaskedLM.from_pretrained(str(tiny_longformer_dir)), LongformerForMaskedLM.from_pretrained(str(out))
+    sa, sb = after.longformer.encoder.layer[0].attention.self, before.longformer.encoder.layer[0].attention.self
+    assert torch.equal(sa.query_global.weight, sb.query_global.weight)
+    assert not torch.equal(sa.query.weight, sb.query.weight)
+    assert AutoConfig.from_pretrained(str(out)).attention_window == [16, 16]
+
+
+def test_longformer_window_narrowed_for_terms_vectors_unchanged(tiny_longformer_dir, tmp_path):
+    """A 512-token window would pad every 32-token term to 512: HSAP encodes with 2 * max_length,
+    which gives the same vectors, and saves the original window."""
+    from transformers import AutoConfig, AutoTokenizer, LongformerConfig, LongformerForMaskedLM
+
+    cfg = LongformerConfig.from_pretrained(str(tiny_longformer_dir))
+    cfg.attention_window = [128, 128]
+    src = tmp_path / "wide"
+    torch.manual_seed(0)
+    LongformerForMaskedLM(cfg).save_pretrained(str(src))
+    AutoTokenizer.from_pretrained(str(tiny_longformer_dir)).save_pretrained(str(src))
+    enc = TermEncoder.load(src, max_length=32)
+    enc.model.eval()
+    texts = ["heart failure edema lasix", "diabetes"]
+    seen = []
+    hook = enc.model.encoder.register_forward_pre_hook(lambda m, a, kw: seen.append(a[0].shape[1]), with_kwargs=True)
+    with torch.no_grad():
+        wide = enc(texts)
+        assert enc.narrow_attention_window() and enc.model.config.attention_window == [64, 64]
+        narrow = enc(texts)
+    hook.remove()
+    assert seen == [128, 64]  # padded length: the window, not the term
+    assert torch.allclose(wide, narrow, atol=1e-5)
+    enc.save(tmp_path / "saved")
+    assert AutoConfig.from_pretrained(str(tmp_path / "saved")).attention_window == [128, 128]
+    assert enc.model.config.attention_window == [64, 64]  # still narrow for further training

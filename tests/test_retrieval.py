@@ -209,3 +209,40 @@ def test_retrieve_writes_candidates_and_recall(index_dir, tmp_path):
                  str(tmp_path / "cli"), "--top-k", "5", "--chunk-tokens", "16", "--chunk-stride", "8",
                  "--splits", "test", "--no-progress"]) == 0
     assert read_candidates(tmp_path / "cli" / "candidates_test.parquet").keys() == test.keys()
+
+
+class FakeGpuIndex:
+    """Stands in for a faiss GPU index: records every k and refuses k above faiss-gpu's limit."""
+
+    def __init__(self, index, limit):
+        self.index, self.limit, self.ntotal, self.asked = index, limit, index.ntotal, []
+
+    def search(self, x, k):
+        self.asked.append(k)
+        if k > self.limit:
+            raise RuntimeError(f"GPU index only supports k <= {self.limit}")
+        return self.index.search(x, k)
+
+
+FakeGpuIndex.__name__ = "GpuIndexFlatIP"
+
+
+def test_gpu_index_never_asked_more_than_its_limit(index_dir, monkeypatch):
+    """faiss-gpu answers k <= 2048; the automatic k and the widening loop go past it on a large
+    index: those searches must go to the CPU copy, with the same results."""
+    import coder.retrieval as R
+    from coder.embed import load_encoder
+
+    ti = R.load_index(index_dir)
+    enc = load_encoder(ti.meta["model"], ti.meta["pooling"])
+    texts = [t for t, _ in _notes(2, 7)]
+    limit = 8  # the index here is small: scale faiss-gpu's 2048 down with it
+    monkeypatch.setattr(R, "GPU_MAX_K", limit)
+    for k_terms in (0, 1):  # automatic k (top_k * terms per code > limit) and the widening loop
+        cfg = R.RetrieveConfig(top_k=20, chunk_tokens=16, chunk_stride=8, k_terms=k_terms)
+        want = R.search_notes(ti, enc, texts, cfg, progress=False)
+        gpu = R.TermIndex(FakeGpuIndex(ti.index, limit), ti.terms, ti.meta, cpu_index=ti.index)
+        got = R.search_notes(gpu, enc, texts, cfg, progress=False)
+        assert max(gpu.index.asked, default=0) <= limit and (k_terms == 0 or gpu.index.asked)
+        for (wc, ws), (gc, gs) in zip(want, got):
+            assert wc.tolist() == gc.tolist() and np.allclose(ws, gs)

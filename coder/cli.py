@@ -6,6 +6,8 @@ import argparse
 import importlib
 import json
 
+from kept.cli import config_defaults
+
 
 def cmd_longify(args: argparse.Namespace) -> int:
     from coder.longify import longify
@@ -28,8 +30,13 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from coder.train import train_coder
+    import sys
 
+    from coder.train import train_coder
+    from kgraph.store import chosen_graph, graph_label, graph_source
+
+    flag, args.graph = args.graph, chosen_graph(args.graph)  # --graph, else $KEPT_GRAPH
+    print(f"graph: {graph_label(args.graph, graph_source(flag))} (code descriptions)", file=sys.stderr)
     summary = train_coder(args.data, args.model, args.out, _config(args), resume=args.resume,
                           max_docs=args.max_docs)
     print(f"best dev micro-F1 {summary['best_dev_micro_f1']:.4f} after {summary['epochs']} evaluation(s); "
@@ -86,10 +93,12 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--device")
     p.add_argument("--seed", type=int)
-    p.add_argument("--graph", help="graph folder for code descriptions (default: bundled ICD-9 titles)")
+    p.add_argument("--graph", help="graph folder for code descriptions "
+                                   "(default: $KEPT_GRAPH, else the bundled ICD-9-CM titles)")
     p.add_argument("--max-docs", type=int, help="use only the first N train and dev notes (smoke runs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.set_defaults(func=cmd_train)
+    config_defaults(p, "coder.modeling:CoderConfig", {"train": "train_mode"})
 
     p = coder_sub.add_parser("eval", help="metrics of a trained coder on a split (threshold tuned on dev)")
     p.add_argument("--checkpoint", required=True, help="a coder folder (OUT/best of `kept coder train`)")

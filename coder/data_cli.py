@@ -8,6 +8,7 @@ import logging
 import time
 from pathlib import Path
 
+from kept.cli import config_defaults
 from kept.errors import InputFileError, KeptError
 
 log = logging.getLogger(__name__)
@@ -80,13 +81,8 @@ def run_synth(args: argparse.Namespace) -> int:
         "rare_max_count": args.rare_max_count, "rare_min_train": args.rare_min_train,
         "progress": False if args.no_progress else None})
     start = time.perf_counter()
-    if args.graph:
-        G = kgraph.load_graph(args.graph)
-    else:
-        log.info("no --graph: using the bundled ICD-9-CM graph (titles only; no UMLS synonyms "
-                 "or LRABR abbreviations)")
-        G = kgraph.build_graph(progress=False)
-    meta = prepare_synth(G, args.out, cfg, graph_dir=str(args.graph or "bundled"))
+    G, graph_dir = kgraph.open_graph(args.graph)
+    meta = prepare_synth(G, args.out, cfg, graph_dir=str(graph_dir or "bundled"))
     _summary(args.out, meta, time.perf_counter() - start)
     return 0
 
@@ -135,9 +131,11 @@ def register(subparsers) -> None:
     m.add_argument("--chunksize", type=int, help="NOTEEVENTS rows read at a time (default 20000)")
     _rare_args(m)
     m.set_defaults(func=run_mimic)
+    config_defaults(m, "coder.mimic:MimicConfig")
 
     s = sub.add_parser("synth", help="licence-free synthetic discharge summaries in MIMIC's layout")
-    s.add_argument("--graph", help="graph folder from `kept graph build` (default: bundled ICD-9-CM)")
+    s.add_argument("--graph", help="graph folder from `kept graph build` "
+                                   "(default: $KEPT_GRAPH, else the bundled ICD-9-CM titles)")
     s.add_argument("--out", required=True, help="output data-set folder")
     s.add_argument("--docs", type=int, help="number of notes (default 600)")
     s.add_argument("--words-min", type=int, help="shortest note in words (default 1500)")
@@ -147,6 +145,7 @@ def register(subparsers) -> None:
     s.add_argument("--codes-mean", type=float, help="mean labels per note (default 8)")
     _rare_args(s)
     s.set_defaults(func=run_synth)
+    config_defaults(s, "coder.synth:SynthConfig")
 
     st = sub.add_parser("stats", help="Table A.2 statistics of a data set")
     st.add_argument("data_dir", help="data-set folder written by `kept data mimic` or `synth`")

@@ -66,7 +66,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     coder = load_coder(args.checkpoint, args.device)
     preds = predict_note(coder, read_note(args.note), threshold=args.threshold, top=args.top)
-    print(format_predictions(preds, coder.threshold if args.threshold is None else args.threshold))
+    print(format_predictions(preds, coder.threshold if args.threshold is None else args.threshold,
+                             tuned=args.threshold is None))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def _summary(out: str, meta: dict, seconds: float) -> None:
     sets = ", ".join(f"{k}: {v['codes']} codes, {v['train']}/{v['dev']}/{v['test']} docs"
                      for k, v in meta["sets"].items())
     print(f"wrote {meta['source']} data set to {out} in {seconds:.1f} s ({sets})")
+    for name, problem in meta.get("set_problems", {}).items():
+        print(f"{name}: {problem}", file=sys.stderr)
     warnings = meta.get("warnings", {})
     if warnings:
         print("warnings (also in dataset.json): " +
@@ -138,8 +141,10 @@ def register(subparsers) -> None:
                                    "(default: $KEPT_GRAPH, else the bundled ICD-9-CM titles)")
     s.add_argument("--out", required=True, help="output data-set folder")
     s.add_argument("--docs", type=int, help="number of notes (default 600)")
-    s.add_argument("--words-min", type=int, help="shortest note in words (default 1500)")
-    s.add_argument("--words-max", type=int, help="longest note in words (default 4000)")
+    s.add_argument("--words-min", type=int, help="shortest note in words, as `data stats` counts them "
+                                                 "(default 1500)")
+    s.add_argument("--words-max", type=int, help="longest note in words (default 4000); only a note whose "
+                                                 "label mentions alone are longer passes it")
     s.add_argument("--pool-size", type=int, help="leaf codes that can be labels (default 3000)")
     s.add_argument("--zipf-s", type=float, help="Zipf exponent over the code pool (default 1.0)")
     s.add_argument("--codes-mean", type=float, help="mean labels per note (default 8)")

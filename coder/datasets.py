@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -154,28 +155,55 @@ def select_rare50(train_docs: Sequence[Document], test_docs: Sequence[Document],
     return pool[:n]
 
 
+# What to change when a set cannot be made as asked (config field, command-line option).
+SET_OPTIONS = {
+    "50": "top_n (--top-n)",
+    "rare50": "rare_n, rare_max_count, rare_min_train (--rare-n, --rare-max-count, --rare-min-train)",
+}
+
+
 def derive_sets(splits: dict[str, list[Document]], top_n: int = 50, rare_n: int = 50,
                 rare_max_count: int = 10, rare_exclude: Iterable[str] = (), seed: int = 0,
-                rare_min_train: int = 1, splits_50: dict[str, list[Document]] | None = None
+                rare_min_train: int = 1, splits_50: dict[str, list[Document]] | None = None,
+                problems: dict[str, str] | None = None,
                 ) -> dict[str, tuple[list[str], dict[str, list[Document]]]]:
     """The three sets from the full splits: {set name: (codes, {split: docs})}.
 
     full: every code, most frequent first. 50: the top_n codes over train+dev+test, docs with at
     least one of them (or the docs of `splits_50`, CAML's own -50 id lists, labels restricted).
     rare50: `select_rare50` over the full splits, docs with at least one of its codes.
+
+    Without `problems`, a set that cannot be made raises. With it, each set is made on its own:
+    one that cannot be made is left out and `problems[name]` says why and what to change, and one
+    made smaller than asked is kept and noted there too, so a caller writes what can be written.
     """
     everything = [d for s in SPLITS for d in splits[s]]
-    full_codes = by_frequency(code_counts(everything))
-    top = top_codes(everything, top_n)
     source_50 = splits_50 if splits_50 is not None else splits
-    rare = select_rare50(splits["train"], splits["test"], max_count=rare_max_count, n=rare_n,
-                         exclude=rare_exclude, seed=seed, all_docs=everything,
-                         min_train=rare_min_train)
-    return {
-        "full": (full_codes, splits),
-        "50": (top, {s: restrict(source_50[s], top, drop_empty=splits_50 is None) for s in SPLITS}),
-        "rare50": (rare, {s: restrict(splits[s], rare) for s in SPLITS}),
-    }
+
+    def make_50():
+        top = top_codes(everything, top_n)
+        if len(top) < top_n and problems is not None:
+            problems["50"] = (f"written with {len(top)} codes, not {top_n}: the data have only {len(top)} "
+                              f"distinct codes; change {SET_OPTIONS['50']}")
+        return top, {s: restrict(source_50[s], top, drop_empty=splits_50 is None) for s in SPLITS}
+
+    def make_rare50():
+        rare = select_rare50(splits["train"], splits["test"], max_count=rare_max_count, n=rare_n,
+                             exclude=rare_exclude, seed=seed, all_docs=everything,
+                             min_train=rare_min_train)
+        return rare, {s: restrict(splits[s], rare) for s in SPLITS}
+
+    builders = {"full": lambda: (by_frequency(code_counts(everything)), splits),
+                "50": make_50, "rare50": make_rare50}
+    sets = {}
+    for name, build in builders.items():
+        try:
+            sets[name] = build()
+        except KeptError as exc:
+            if problems is None:
+                raise
+            problems[name] = f"not written: {exc}; change {SET_OPTIONS.get(name, 'the set options')}"
+    return sets
 
 
 def write_dataset(out_dir: str | Path, sets: dict[str, tuple[list[str], dict[str, list[Document]]]],
@@ -189,6 +217,9 @@ def write_dataset(out_dir: str | Path, sets: dict[str, tuple[list[str], dict[str
         write_codes(out / name, codes)
         counts[name] = {"codes": len(codes), **{s: len(splits[s]) for s in SPLITS}}
     meta = {**meta, "sets": counts}
+    stale = [n for n in SETS if n not in sets and (out / n).is_dir()]
+    for name in stale:  # an older run's set must not pass for one of this data set
+        shutil.rmtree(out / name)
     with atomic_write(out / "dataset.json") as fh:
         json.dump(meta, fh, indent=2, sort_keys=False)
         fh.write("\n")

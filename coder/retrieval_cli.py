@@ -35,7 +35,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
                        restrict=not args.all_codes, gpu=args.gpu, device=args.device, max_docs=args.max_docs,
                        progress=not args.no_progress)
     for split, s in summary["splits"].items():
-        rec = "  ".join(f"{k} {100 * v:.2f}" for k, v in s.items() if k.startswith("recall@"))
+        rec = "  ".join(f"{k} {v:.4f}" for k, v in s.items() if k.startswith("recall@"))
         print(f"{split:<5} {s['docs']:>6} notes  {rec}  ({s['seconds']:.1f} s)")
     print(f"candidates and retrieval.json in {out}")
     return 0

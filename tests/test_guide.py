@@ -204,3 +204,41 @@ def test_a_bad_graph_fails_every_command_the_same_way(tiny, tmp_path, monkeypatc
         err = capsys.readouterr().err
         assert "nonexistent: the graph named by $KEPT_GRAPH does not exist" in err, (args, err)
     assert not (tmp_path / "h").exists() and not data.exists()
+
+
+def test_help_shows_the_defaults_that_matter(capsys):
+    def help_of(*command: str) -> str:
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    assert "this file only wires them" not in help_of()
+    assert "(default: 4096)" in help_of("model", "longify")
+    retrieve = help_of("coder", "retrieve")
+    assert "default: 300" in retrieve and "default: ['dev', 'test']" in retrieve
+    assert "default: test" in help_of("coder", "eval")
+    train = help_of("coder", "train")
+    assert "--batch-size BATCH_SIZE default: 1" in train and "--lr LR default: 1.5e-05" in train
+    assert "auto (default" in help_of("hsap", "train") and "auto (default)" in help_of("hsap", "eval")
+
+
+def test_clear_messages_before_work(tiny, tmp_path, capsys):
+    from tests.conftest import write_set
+
+    assert main(["hsap", "eval", "--model", str(tmp_path / "no-such-model"), "--quiet"]) == 1
+    assert "no-such-model: no such model folder" in capsys.readouterr().err
+    set_dir = write_set(tmp_path / "50", ["401.9"], {"train": [("high blood pressure", ["401.9"])], "dev": [],
+                                                      "test": [("pressure", ["401.9"])]})
+    assert main(["coder", "train", "--data", str(set_dir), "--model", str(tiny["longformer"]),
+                 "--out", str(tmp_path / "run")]) == 1
+    assert "no dev notes" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_new_training_run_removes_the_old_models_evaluations(tmp_path):
+    from coder.train import clear_stale_evaluations
+
+    for p in ("eval/metrics.json", "eval/test_scores.npz", "best/kept_coder.json"):
+        (tmp_path / p).parent.mkdir(exist_ok=True)
+        (tmp_path / p).write_text("{}")
+    assert {p.name for p in clear_stale_evaluations(tmp_path)} == {"metrics.json", "test_scores.npz"}
+    assert (tmp_path / "best/kept_coder.json").is_file() and not (tmp_path / "eval/metrics.json").exists()

@@ -32,13 +32,18 @@ DESCRIPTION = ("kept: an ICD-9-CM / UMLS knowledge graph, hierarchical self-alig
                "for each. Set KEPT_GRAPH=DIR once to make every command use your `kept graph build` graph.")
 
 
+def _shown(default) -> bool:
+    """Whether a default says something (0 does; None, a bare flag's False and SUPPRESS do not)."""
+    return not (default is None or default is False or default == argparse.SUPPRESS)
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option shows its default, except where there is nothing to show (None, a bare flag's
     False) or its help already states it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" in text or action.default in (None, False, argparse.SUPPRESS)
+        if ("default" in text or not _shown(action.default)
                 or not action.option_strings or isinstance(action, argparse._VersionAction)):
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
@@ -63,7 +68,7 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
     for p in _all_parsers(parser):
         p.formatter_class = formatter(p)
         for action in p._actions:  # options with no help text still show their default
-            if action.help is None and action.option_strings and action.default not in (None, False):
+            if action.help is None and action.option_strings and _shown(action.default):
                 action.help = "default: %(default)s"
 
 

@@ -10,6 +10,8 @@ import os
 from kept.argtypes import (nonnegative_int, positive_float, positive_int, positive_int_list,
                            probability)
 
+from kept.cli import config_defaults
+
 
 def cmd_longify(args: argparse.Namespace) -> int:
     from coder.longify import longify
@@ -35,12 +37,17 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import sys
+
     from coder.train import train_coder
     from kept.errors import KeptError
+    from kgraph.store import chosen_graph, graph_label, graph_source
 
+    flag, args.graph = args.graph, chosen_graph(args.graph)  # --graph, else $KEPT_GRAPH
     config = _config(args)
     if args.model is None and config.head != "tfidf-lr":
         raise KeptError(f"--model is required for --head {config.head} (only tfidf-lr trains without one)")
+    print(f"graph: {graph_label(args.graph, graph_source(flag))} (code descriptions)", file=sys.stderr)
     summary = train_coder(args.data, args.model, args.out, config, resume=args.resume,
                           max_docs=args.max_docs)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 evaluated and reports
@@ -76,7 +83,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     coder = load_coder(args.checkpoint, args.device)
     preds = predict_note(coder, read_note(args.note), threshold=args.threshold, top=args.top)
-    print(format_predictions(preds, coder.threshold if args.threshold is None else args.threshold))
+    print(format_predictions(preds, coder.threshold if args.threshold is None else args.threshold,
+                             tuned=args.threshold is None))
     return 0
 
 
@@ -110,10 +118,12 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--device")
     p.add_argument("--seed", type=int)
-    p.add_argument("--graph", help="graph folder for code descriptions (default: bundled ICD-9 titles)")
+    p.add_argument("--graph", help="graph folder for code descriptions "
+                                   "(default: $KEPT_GRAPH, else the bundled ICD-9-CM titles)")
     p.add_argument("--max-docs", type=positive_int, help="use only the first N train and dev notes (smoke runs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.set_defaults(func=cmd_train)
+    config_defaults(p, "coder.modeling:CoderConfig", {"train": "train_mode"})
 
     p = coder_sub.add_parser("eval", help="metrics of a trained coder on a split (threshold tuned on dev)")
     p.add_argument("--checkpoint", required=True, help="a coder folder (OUT/best of `kept coder train`)")

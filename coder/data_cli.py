@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import time
 from pathlib import Path
 
 from kept.argtypes import nonnegative_float, positive_float, positive_int
+from kept.cli import config_defaults
 from kept.errors import InputFileError, KeptError
 from kept.io import check_out_dir
 
@@ -84,13 +86,8 @@ def run_synth(args: argparse.Namespace) -> int:
         "rare_shape": args.rare_shape, "progress": False if args.no_progress else None})
     check_out_dir(args.out, args.force)
     start = time.perf_counter()
-    if args.graph:
-        G = kgraph.load_graph(args.graph)
-    else:
-        log.info("no --graph: using the bundled ICD-9-CM graph (titles only; no UMLS synonyms "
-                 "or LRABR abbreviations)")
-        G = kgraph.build_graph(progress=False)
-    meta = prepare_synth(G, args.out, cfg, graph_dir=str(args.graph or "bundled"), force=args.force)
+    G, graph_dir = kgraph.open_graph(args.graph)
+    meta = prepare_synth(G, args.out, cfg, graph_dir=str(graph_dir or "bundled"), force=args.force)
     _summary(args.out, meta, time.perf_counter() - start)
     return 0
 
@@ -106,6 +103,8 @@ def _summary(out: str, meta: dict, seconds: float) -> None:
     sets = ", ".join(f"{k}: {v['codes']} codes, {v['train']}/{v['dev']}/{v['test']} docs"
                      for k, v in meta["sets"].items())
     print(f"wrote {meta['source']} data set to {out} in {seconds:.1f} s ({sets})")
+    for name, problem in meta.get("set_problems", {}).items():
+        print(f"{name}: {problem}", file=sys.stderr)
     warnings = meta.get("warnings", {})
     if warnings:
         print("warnings (also in dataset.json): " +
@@ -144,21 +143,26 @@ def register(subparsers) -> None:
     m.add_argument("--chunksize", type=positive_int, help="NOTEEVENTS rows read at a time (default 20000)")
     _rare_args(m)
     m.set_defaults(func=run_mimic)
+    config_defaults(m, "coder.mimic:MimicConfig")
 
     s = sub.add_parser("synth", help="licence-free synthetic discharge summaries in MIMIC's layout")
-    s.add_argument("--graph", help="graph folder from `kept graph build` (default: bundled ICD-9-CM)")
+    s.add_argument("--graph", help="graph folder from `kept graph build` "
+                                   "(default: $KEPT_GRAPH, else the bundled ICD-9-CM titles)")
     s.add_argument("--out", required=True, help="output data-set folder")
     s.add_argument("--docs", type=positive_int, help="number of notes (default 600)")
-    s.add_argument("--words-min", type=positive_int, help="shortest note in words (default 1500)")
-    s.add_argument("--words-max", type=positive_int, help="longest note in words (default 4000)")
+    s.add_argument("--words-min", type=positive_int, help="shortest note in words, as `data stats` counts them "
+                                                          "(default 1500)")
+    s.add_argument("--words-max", type=positive_int, help="longest note in words (default 4000); only a note whose "
+                                                          "label mentions alone are longer passes it")
     s.add_argument("--pool-size", type=positive_int, help="leaf codes that can be labels (default 3000)")
     s.add_argument("--zipf-s", type=nonnegative_float, help="Zipf exponent over the code pool (default 1.0)")
     s.add_argument("--codes-mean", type=positive_float, help="mean labels per note (default 8)")
     s.add_argument("--rare-shape", choices=("mimic", "rule"),
-                   help="rare50: mimic = its own notes in MIMIC-III-rare50's shape (249/20/142, one rare "
+                   help="rare50: mimic = its own notes in MIMIC-III-rare50's shape (250/20/142, one rare "
                         "code each; default); rule = the paper's rule over the corpus")
     _rare_args(s)
     s.set_defaults(func=run_synth)
+    config_defaults(s, "coder.synth:SynthConfig")
 
     st = sub.add_parser("stats", help="Table A.2 statistics of a data set")
     st.add_argument("data_dir", help="data-set folder written by `kept data mimic` or `synth`")

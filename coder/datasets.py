@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -166,34 +167,61 @@ def select_rare50(train_docs: Sequence[Document], test_docs: Sequence[Document],
     return pool[:n]
 
 
+# What to change when a set cannot be made as asked (config field, command-line option).
+SET_OPTIONS = {
+    "50": "top_n (--top-n)",
+    "rare50": "rare_n, rare_max_count, rare_min_train (--rare-n, --rare-max-count, --rare-min-train)",
+}
+
+
 def derive_sets(splits: dict[str, list[Document]], top_n: int = 50, rare_n: int = 50,
                 rare_max_count: int = 10, rare_exclude: Iterable[str] = (), seed: int = 0,
                 rare_min_train: int = 1, splits_50: dict[str, list[Document]] | None = None,
-                rare: tuple[list[str], dict[str, list[Document]]] | None = None
+                rare: tuple[list[str], dict[str, list[Document]]] | None = None,
+                problems: dict[str, str] | None = None,
                 ) -> dict[str, tuple[list[str], dict[str, list[Document]]]]:
     """The three sets from the full splits: {set name: (codes, {split: docs})}.
 
     full: every code, most frequent first. 50: the top_n codes over train+dev+test, docs with at
     least one of them (or the docs of `splits_50`, CAML's own -50 id lists, labels restricted).
     rare50: `select_rare50` over the full splits, docs with at least one of its codes; or `rare`,
-    a ready (codes, {split: docs}) pair (KEPT's released lists), taken as it is.
+    a ready (codes, {split: docs}) pair (KEPT's released lists, a synthetic set), taken as it is.
+
+    Without `problems`, a set that cannot be made raises. With it, each set is made on its own:
+    one that cannot be made is left out and `problems[name]` says why and what to change, and one
+    made smaller than asked is kept and noted there too, so a caller writes what can be written.
     """
     if top_n < 1 or rare_n < 1 or rare_max_count < 1:
         raise KeptError(f"top_n, rare_n and rare_max_count must be >= 1; got {top_n}, {rare_n}, {rare_max_count}")
     everything = [d for s in SPLITS for d in splits[s]]
-    full_codes = by_frequency(code_counts(everything))
-    top = top_codes(everything, top_n)
     source_50 = splits_50 if splits_50 is not None else splits
-    if rare is None:
+
+    def make_50():
+        top = top_codes(everything, top_n)
+        if len(top) < top_n and problems is not None:
+            problems["50"] = (f"written with {len(top)} codes, not {top_n}: the data have only {len(top)} "
+                              f"distinct codes; change {SET_OPTIONS['50']}")
+        return top, {s: restrict(source_50[s], top, drop_empty=splits_50 is None) for s in SPLITS}
+
+    def make_rare50():
+        if rare is not None:
+            return rare
         codes = select_rare50(splits["train"], splits["test"], max_count=rare_max_count, n=rare_n,
                               exclude=rare_exclude, seed=seed, all_docs=everything,
                               min_train=rare_min_train)
-        rare = (codes, {s: restrict(splits[s], codes) for s in SPLITS})
-    return {
-        "full": (full_codes, splits),
-        "50": (top, {s: restrict(source_50[s], top, drop_empty=splits_50 is None) for s in SPLITS}),
-        "rare50": rare,
-    }
+        return codes, {s: restrict(splits[s], codes) for s in SPLITS}
+
+    builders = {"full": lambda: (by_frequency(code_counts(everything)), splits),
+                "50": make_50, "rare50": make_rare50}
+    sets = {}
+    for name, build in builders.items():
+        try:
+            sets[name] = build()
+        except KeptError as exc:
+            if problems is None:
+                raise
+            problems[name] = f"not written: {exc}; change {SET_OPTIONS.get(name, 'the set options')}"
+    return sets
 
 
 def write_dataset(out_dir: str | Path, sets: dict[str, tuple[list[str], dict[str, list[Document]]]],

@@ -136,11 +136,11 @@ def label_matrix(docs, codes: Sequence[str]) -> np.ndarray:
 
 
 def format_table(metrics: dict[str, float], title: str = "") -> str:
-    """Metrics as a two-column text table: rates in %, counts (n_*) as they are."""
+    """Metrics as a two-column text table: rates as fractions (as metrics.json), counts (n_*) as they are."""
     lines = [title] if title else []
     width = max(len(k) for k in metrics)
     for k, v in metrics.items():
-        shown = str(v) if isinstance(v, int) or k.startswith("n_") else f"{100 * v:6.2f}"
+        shown = str(v) if isinstance(v, int) or k.startswith("n_") else f"{v:.4f}"
         lines.append(f"{k:<{width}}  {shown}")
     return "\n".join(lines)
 

@@ -331,9 +331,11 @@ def prepare_mimic(mimic_dir: str | Path, out_dir: str | Path, splits_dir: str | 
         if n:
             ex = issues.examples.get(kind)
             log.warning("%s: %d%s", kind, n, f" (e.g. {', '.join(ex)})" if ex else "")
+    problems: dict[str, str] = {}
     sets = derive_sets(splits, top_n=cfg.top_n, rare_n=cfg.rare_n, rare_max_count=cfg.rare_max_count,
                        rare_exclude=cfg.rare_exclude, seed=cfg.seed,
-                       rare_min_train=cfg.rare_min_train, splits_50=splits_50, rare=rare)
+                       rare_min_train=cfg.rare_min_train, splits_50=splits_50, rare=rare,
+                       problems=problems)
     rule = (f"codes with < {cfg.rare_max_count} occurrences in train+dev+test that "
             f"occur in train (>= {cfg.rare_min_train}) and test, minus "
             f"{len(cfg.rare_exclude)} excluded, "
@@ -345,5 +347,6 @@ def prepare_mimic(mimic_dir: str | Path, out_dir: str | Path, splits_dir: str | 
             "top50_rule": f"{cfg.top_n} most frequent codes over train+dev+test (CAML)",
             "rare50_variant": cfg.rare50, "rare50_rule": rule,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
-            "warnings": issues.report(), "info": dict(sorted(issues.info.items()))}
+            "warnings": issues.report(), "info": dict(sorted(issues.info.items())),
+            "set_problems": problems}
     return write_dataset(out_dir, sets, meta, force=force)

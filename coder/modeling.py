@@ -32,6 +32,8 @@ def _offline() -> None:
 
 def _require_dir(path: str | Path, what: str) -> Path:
     p = Path(path)
+    if not p.exists():
+        raise KeptError(f"{p}: no such folder (expected {what}; models load from local folders only)")
     if not (p / "config.json").is_file():
         raise KeptError(f"{p}: not a Hugging Face checkpoint folder (no config.json; expected {what})")
     return p

@@ -47,8 +47,12 @@ def predict_note(coder: Coder | str | Path, text: str, threshold: float | None =
     return out[:top] if top else out
 
 
-def format_predictions(preds: list[Prediction], threshold: float) -> str:
+def format_predictions(preds: list[Prediction], threshold: float, tuned: bool = True) -> str:
+    """A header naming the threshold, then one line per code: code, probability, description."""
+    how = "tuned on dev" if tuned else "from --threshold"
     if not preds:
-        return f"no code scores above the threshold {threshold:.3f}"
-    width = max(len(p.code) for p in preds)
-    return "\n".join(f"{p.code:<{width}}  {p.probability:.3f}  {p.description}" for p in preds)
+        return f"no code scores at or above the threshold {threshold:.3f} ({how})"
+    width = max(len(p.code) for p in preds + [Prediction("code", 0.0, "")])
+    head = f"{len(preds)} code(s) at or above the threshold {threshold:.3f} ({how})\n" \
+           f"{'code':<{width}}  {'prob':>5}  description"
+    return head + "\n" + "\n".join(f"{p.code:<{width}}  {p.probability:.3f}  {p.description}" for p in preds)

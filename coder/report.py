@@ -350,7 +350,7 @@ def _fmt(value: float | None, name: str, signed: bool = False) -> str:
         return "-"
     if name.startswith("n_"):
         return str(int(value))
-    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -359,18 +359,18 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def format_report(result: dict) -> str:
-    """The report as aligned text tables (metric values x 100)."""
+    """The report as aligned text tables (metric values as fractions, as metrics.json)."""
     shown = result["metrics"]
     rows = [[g["source"], g["dataset"], g["system"], str(g["n"]), *(_fmt(g["median"][m], m) for m in shown)]
             for g in result["groups"]]
-    parts = ["Median over seeds (x100; n = seeds)", _table(["source", "dataset", "system", "n", *shown], rows)]
+    parts = ["Median over seeds (n = seeds)", _table(["source", "dataset", "system", "n", *shown], rows)]
     if result["comparisons"]:
         c0 = result["comparisons"][0]
         rows = [[c["source"], c["dataset"], c["a"], c["b"], f"{c['n_a']}/{c['n_b']}", c["metric"],
                  _fmt(c["diff"], c["metric"], True),
                  f"[{_fmt(c['ci_low'], c['metric'], True)}, {_fmt(c['ci_high'], c['metric'], True)}]",
                  "-" if math.isnan(c["p_b_le_a"]) else f"{c['p_b_le_a']:.3f}"] for c in result["comparisons"]]
-        parts += ["", f"Bootstrap difference of medians, b - a (x100; {c0['n_boot']} resamples of the test "
+        parts += ["", f"Bootstrap difference of medians, b - a ({c0['n_boot']} resamples of the test "
                       f"documents, seed {c0['seed']}; CI = 2.5-97.5th percentile)",
                   _table(["source", "dataset", "a", "b", "runs", "metric", "diff", "95% CI", "p(b<=a)"], rows)]
     skipped = [m for m in shown if m not in result["ci_metrics"] and not bootstrap_ci_supported(m)]

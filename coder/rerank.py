@@ -82,6 +82,28 @@ def rerank_scores(coder, texts: Sequence[str], cand_codes: Sequence[Sequence[str
     return out
 
 
+def check_prompt_room(coder, cand_codes: Sequence[Sequence[str]], descriptions: dict[str, str]) -> None:
+    """Fail before any scoring when some note's candidate prompt would leave no room for the note
+    (KeptError naming --prompt-codes), rather than after scoring a whole split."""
+    from coder.evaluate import effective_max_length
+    from coder.prompts import MIN_NOTE_TOKENS, _end_id, chunk_codes, encode_prompt
+
+    max_length = effective_max_length(coder.model, coder.config)
+    room = max_length - MIN_NOTE_TOKENS - (_end_id(coder.tokenizer) is not None)
+    with_masks = coder.config.head == "prompt"
+    seen: set[tuple[str, ...]] = set()
+    for codes in cand_codes:
+        for chunk in chunk_codes(list(codes), coder.config.prompt_codes):
+            if tuple(chunk) in seen:
+                continue
+            seen.add(tuple(chunk))
+            n = len(encode_prompt(coder.tokenizer, chunk, descriptions, coder.config.template, with_masks).input_ids)
+            if n > room:
+                raise KeptError(
+                    f"a prompt of {len(chunk)} candidate codes takes {n} of {max_length} tokens, leaving no room "
+                    f"for the note: lower --prompt-codes (now {coder.config.prompt_codes}) or use a longer model")
+
+
 def candidate_auc(y_true: np.ndarray, y_score: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """AUC over candidate cells only: micro (all candidate cells) and macro (per code, over the notes
     that have it as a candidate, codes with both classes there)."""
@@ -166,10 +188,14 @@ def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | P
         missing = [c for c in label_space if c not in coder.descriptions]
         descriptions = {**code_descriptions(missing, coder.config.graph), **coder.descriptions}
     per_split: dict[str, dict] = {}
-    for split in ("dev", "test"):
+    loaded = {}
+    for split in ("dev", "test"):  # both splits read and checked before any scoring
         docs = read_split(set_dir, split)[:max_docs]
         cands = read_candidates(cdir / f"candidates_{split}.parquet")
-        codes, s1 = candidate_lists(cands, [d.hadm_id for d in docs], k, label_space)
+        loaded[split] = (docs, *candidate_lists(cands, [d.hadm_id for d in docs], k, label_space))
+        if coder is not None:
+            check_prompt_room(coder, loaded[split][1], descriptions)
+    for split, (docs, codes, s1) in loaded.items():
         y = label_matrix(docs, label_space)
         s1m, mask = merge_scores(codes, [stage1_probability(s) for s in s1], label_space)
         entry = {"docs": docs, "y": y, "mask": mask, STAGE1_SYSTEM: s1m}
@@ -214,13 +240,13 @@ def _write_reranked(path: Path, docs, codes: Sequence[Sequence[str]], s1: Sequen
 def format_comparison(results: dict[str, dict], names: Sequence[str] = ("micro_f1", "macro_f1", "macro_f1_mean",
                       "p@8", "p@15", "r@8", "r@15", "candidate_micro_auc", "candidate_macro_auc",
                       "candidate_recall")) -> str:
-    """Systems side by side, rates in %."""
+    """Systems side by side, rates as fractions (as metrics.json)."""
     systems = list(results)
     head = f"{'metric':<20}" + "".join(f"{s:>20}" for s in systems)
     lines = [head, f"{'threshold (dev)':<20}" + "".join(f"{results[s]['threshold']:>20.4f}" for s in systems)]
     for n in names:
-        lines.append(f"{n:<20}" + "".join(f"{100 * results[s]['metrics'][n]:>20.2f}" for s in systems))
+        lines.append(f"{n:<20}" + "".join(f"{results[s]['metrics'][n]:>20.4f}" for s in systems))
     for n in SUMMARY_NAMES:  # graph-aware figures, kept apart in metrics.json
-        lines.append(f"{n:<20}" + "".join(f"{100 * results[s]['hierarchical']['metrics'][n]:>20.2f}"
+        lines.append(f"{n:<20}" + "".join(f"{results[s]['hierarchical']['metrics'][n]:>20.4f}"
                                           for s in systems))
     return "\n".join(lines)

@@ -170,8 +170,10 @@ def search_index(ti: TermIndex, x: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 
 
 def build_index(model_path: str | Path, out_dir: str | Path, graph: nx.DiGraph | None = None,
-                config: IndexConfig | None = None, progress: bool = True, force: bool = False) -> TermIndex:
-    """Embed every term of every (leaf) code and write the index directory `out_dir`."""
+                config: IndexConfig | None = None, progress: bool = True, force: bool = False,
+                graph_dir: str | Path | None = None) -> TermIndex:
+    """Embed every term of every (leaf) code and write the index directory `out_dir`;
+    `graph_dir` (where `graph` came from; None: bundled) is recorded in index.json."""
     import kgraph
 
     check_out_dir(out_dir, force)  # before the embedding, which is the slow part
@@ -191,6 +193,8 @@ def build_index(model_path: str | Path, out_dir: str | Path, graph: nx.DiGraph |
     meta = {"format": 1, "model": str(Path(model_path).resolve()), "pooling": encoder.pooling,
             "dim": encoder.dim, "index_type": config.index_type, "max_length": config.max_length,
             "count": int(index.ntotal), "codes": int(terms["code"].nunique()), "all_codes": config.all_codes,
+            "graph": str(graph_dir) if graph_dir else "bundled",
+            "term_kinds": {k: int(v) for k, v in terms["kind"].value_counts().sort_index().items()},
             "unique_texts": int(len(unique)), "embed_seconds": round(t_embed, 3),
             "index_seconds": round(t_index, 3), "config": asdict(config)}
     ti = TermIndex(index, terms, meta)

@@ -15,10 +15,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     config = IndexConfig(pooling=args.pooling, max_length=args.max_length, batch_size=args.batch_size,
                          index_type=args.index_type, all_codes=args.all_codes, gpu=args.gpu, device=args.device)
-    G = kgraph.load_graph(args.graph) if args.graph else None
-    ti = build_index(args.model, args.out, G, config, progress=not args.no_progress, force=args.force)
+    G, graph_dir = kgraph.open_graph(args.graph)
+    ti = build_index(args.model, args.out, G, config, progress=not args.no_progress, force=args.force,
+                     graph_dir=graph_dir)
     m = ti.meta
-    print(f"{m['count']} terms of {m['codes']} codes -> {args.out} ({m['index_type']}, dim {m['dim']}, "
+    kinds = ", ".join(f"{k} {v:,}" for k, v in m.get("term_kinds", {}).items())
+    print(f"{m['count']} terms ({kinds}) of {m['codes']} codes -> {args.out} ({m['index_type']}, dim {m['dim']}, "
           f"{m['pooling']} pooling; embedding {m['embed_seconds']:.1f} s, index {m['index_seconds']:.2f} s)")
     return 0
 
@@ -34,7 +36,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
                        restrict=not args.all_codes, gpu=args.gpu, device=args.device, max_docs=args.max_docs,
                        progress=not args.no_progress)
     for split, s in summary["splits"].items():
-        rec = "  ".join(f"{k} {100 * v:.2f}" for k, v in s.items() if k.startswith("recall@"))
+        rec = "  ".join(f"{k} {v:.4f}" for k, v in s.items() if k.startswith("recall@"))
         print(f"{split:<5} {s['docs']:>6} notes  {rec}  ({s['seconds']:.1f} s)")
     print(f"candidates and retrieval.json in {out}")
     return 0
@@ -59,7 +61,8 @@ def register(coder_subparsers: argparse._SubParsersAction) -> None:
     """Add `index`, `retrieve` and `rerank` to the `kept coder` command."""
     p = coder_subparsers.add_parser("index", help="embed every term of every code into a FAISS index")
     p.add_argument("--model", required=True, help="encoder checkpoint folder (HSAP output or any HF encoder)")
-    p.add_argument("--graph", help="graph folder from `kept graph build` (default: bundled ICD-9-CM)")
+    p.add_argument("--graph", help="graph folder from `kept graph build` "
+                                   "(default: $KEPT_GRAPH, else the bundled ICD-9-CM titles)")
     p.add_argument("--out", required=True, help="index folder (terms.faiss, terms.parquet, index.json)")
     p.add_argument("--force", action="store_true",
                    help="replace --out even if it is a file or a folder kept did not write")

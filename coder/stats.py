@@ -1,7 +1,7 @@
 """Data-set statistics in the shape of the paper's Table A.2, per set and split.
 
-Lengths are whitespace words (the `length` column) unless a tokenizer is given, in which case
-the paper's "#tokens" rows count its sub-word tokens. "Shots" of a code = documents of the split
+Lengths are whitespace words (the `length` column; keys `words_*`) unless a tokenizer is given, in
+which case the paper's "#tokens" rows count its sub-word tokens (keys `tokens_*`). "Shots" of a code = documents of the split
 that carry it, over the set's codes that occur in the split (codes absent are counted apart).
 """
 
@@ -25,14 +25,15 @@ def split_stats(set_dir: Path, split: str, codes: list[str],
     lengths = length([d.text for d in docs]) if length else words
     counts = code_counts(docs)
     shots = [counts[c] for c in codes if counts[c] > 0]
+    unit = "tokens" if length else "words"  # keys say what was counted
     row: dict[str, float] = {
         "docs": len(docs),
         "words_mean": mean(words) if docs else 0.0,
-        "tokens_mean": mean(lengths) if docs else 0.0,
-        "tokens_median": median(lengths) if docs else 0.0,
+        f"{unit}_mean": mean(lengths) if docs else 0.0,
+        f"{unit}_median": median(lengths) if docs else 0.0,
     }
     for lim in LIMITS:
-        row[f"pct_tokens_lt_{lim}"] = 100.0 * sum(n < lim for n in lengths) / len(docs) if docs else 0.0
+        row[f"pct_{unit}_lt_{lim}"] = 100.0 * sum(n < lim for n in lengths) / len(docs) if docs else 0.0
     row.update({
         "codes_per_doc": mean(len(d.labels) for d in docs) if docs else 0.0,
         "codes_present": len(shots),
@@ -83,8 +84,9 @@ def format_table(stats: dict[str, dict[str, dict]], unit: str = "words") -> str:
         lines.append(f"{name:<24}" + "".join(f"{s:>12}" for s in SPLITS))
         for key, label, fmt in ROWS:
             if unit == "words" and key == "words_mean":
-                continue  # identical to tokens_mean when tokens are words
-            label = label.replace("#tokens", "#words") if unit == "words" else label
+                continue  # the same row as the words_mean below it
+            key = key.replace("tokens", unit)
+            label = label.replace("#tokens", f"#{unit}")
             lines.append(f"  {label:<22}" + "".join(f"{fmt.format(splits[s][key]):>12}" for s in SPLITS))
         lines.append("")
     return "\n".join(lines)

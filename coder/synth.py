@@ -1,6 +1,7 @@
 """A licence-free corpus in MIMIC-III's shape: invented discharge summaries labelled from the graph.
 
-Each note has the MIMIC discharge-summary sections and 1,500-4,000 words of vitals, labs,
+Each note has the MIMIC discharge-summary sections and 1,500-4,000 words (after preprocessing,
+headers included; only a note whose label mentions alone are longer passes the maximum) of vitals, labs,
 medications and exam filler. Its labels are a long-tailed draw of billable (leaf) ICD-9-CM codes:
 a seeded pool of leaves gets Zipf weights (rank r has weight r^-s), so a few codes are common and
 most are rare, as in MIMIC. Every label is mentioned through language only, never its code:
@@ -231,18 +232,28 @@ def make_note(G: nx.DiGraph, labels: list[str], pool: list[str], cfg: SynthConfi
     for name, lines in sec.items():
         if name != "Discharge Diagnosis":  # the primary diagnoses stay first there
             rng.shuffle(lines)
-    target = rng.randint(cfg.words_min, cfg.words_max)
-    words = sum(len(x.split()) for s in sec.values() for x in s)
-    while words < target:
-        name, text = _filler(rng)
-        sec[name].insert(rng.randint(0, len(sec[name])), text)
-        words += len(text.split())
     style = rng.choice(HEADER_STYLES)
     head = (f"Admission Date: [**2151-{rng.randint(1, 12)}-{rng.randint(1, 28)}**] Discharge Date: "
             f"[**2151-{rng.randint(1, 12)}-{rng.randint(1, 28)}**]\nDate of Birth: [**2090-1-1**] "
             f"Sex: {sex}\nService: {rng.choice(('MEDICINE', 'SURGERY', 'CARDIOTHORACIC'))}\n")
-    body = "\n\n".join(f"{style.get(s, s)}:\n" + "\n".join(sec[s]) for s in SECTION_ORDER)
-    return head + body + "\n"
+
+    def assemble() -> str:
+        return head + "\n\n".join(f"{style.get(s, s)}:\n" + "\n".join(sec[s]) for s in SECTION_ORDER)
+
+    # Words as the data set counts them (after preprocessing, headers included). Filler stops short
+    # of words_max; only the label mentions themselves can pass it (they are never cut).
+    target = rng.randint(cfg.words_min, cfg.words_max)
+    words = len(preprocess(assemble()).split())
+    misses = 0
+    while words < target and misses < 20:
+        name, text = _filler(rng)
+        n = len(preprocess(text).split())
+        if words + n > cfg.words_max:
+            misses += 1
+            continue
+        sec[name].insert(rng.randint(0, len(sec[name])), text)
+        words += n
+    return assemble() + "\n"
 
 
 def draw_labels(pool: list[str], cfg: SynthConfig, rng: np.random.Generator) -> list[list[str]]:
@@ -310,12 +321,11 @@ def prepare_synth(G: nx.DiGraph, out_dir, cfg: SynthConfig | None = None, graph_
         raise KeptError(f"unknown rare50 shape {cfg.rare_shape!r}; choose mimic or rule")
     rare_rule = cfg.rare_shape == "rule"
     rare = None if rare_rule else rare50_corpus(G, cfg, code_pool(G, cfg.pool_size, random.Random(cfg.seed)))
-    try:
-        sets = derive_sets(splits, top_n=cfg.top_n, rare_n=cfg.rare_n,
-                           rare_max_count=cfg.rare_max_count, seed=cfg.seed,
-                           rare_min_train=cfg.rare_min_train, rare=rare)
-    except KeptError as exc:
-        raise KeptError(f"{exc}: raise --docs or pool_size, or lower rare_n") from exc
+    problems: dict[str, str] = {}
+    sets = derive_sets(splits, top_n=cfg.top_n, rare_n=cfg.rare_n, rare_max_count=cfg.rare_max_count,
+                       seed=cfg.seed, rare_min_train=cfg.rare_min_train, rare=rare, problems=problems)
+    for name in problems:
+        problems[name] += ", or --docs"
     meta = {"source": "synthetic", "seed": cfg.seed, "graph": graph_dir,
             "graph_sources": G.graph.get("sources", []),
             "split_rule": f"seeded document shuffle {cfg.fractions}",
@@ -328,5 +338,5 @@ def prepare_synth(G: nx.DiGraph, out_dir, cfg: SynthConfig | None = None, graph_
                             f"label pool, {cfg.rare_train_per_code} train notes each, {cfg.rare_dev} dev and "
                             f"{cfg.rare_test} test notes, one rare label per note (notes of their own)"),
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
-            "splits": {s: len(splits[s]) for s in SPLITS}}
+            "splits": {s: len(splits[s]) for s in SPLITS}, "set_problems": problems}
     return write_dataset(out_dir, sets, meta, force=force)

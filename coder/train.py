@@ -88,6 +88,16 @@ def shard(batches: list, rank: int, world: int) -> list:
     return padded[rank::world]
 
 
+def clear_stale_evaluations(out: Path) -> list[Path]:
+    """A fresh run replaces OUT/best, so evaluations of the old model under OUT (metrics.json,
+    <split>_scores.npz, e.g. OUT/eval) would pass for the new one in `kept report`: remove them."""
+    stale = sorted([*out.rglob("metrics.json"), *out.rglob("*_scores.npz")]) if out.is_dir() else []
+    for p in stale:
+        p.unlink()
+        log.warning("removed %s: an evaluation of the model this run replaces", p)
+    return stale
+
+
 def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path, config: CoderConfig,
                 resume: bool = False, max_docs: int | None = None) -> dict:
     """Train on `set_dir`/train, select on dev; writes OUT/best (a loadable coder), OUT/last, history.
@@ -110,10 +120,12 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     codes = read_codes(set_dir)
     train_docs = read_split(set_dir, "train")[:max_docs]
     dev_docs = read_split(set_dir, "dev")[:max_docs]
-    if config.epochs and not train_docs:
-        raise InputFileError(set_dir / "train.csv", "no documents: nothing to train on")
-    if not dev_docs:
-        raise InputFileError(set_dir / "dev.csv", "no documents: the threshold and best epoch are chosen on dev")
+    if not dev_docs:  # the threshold and the best epoch are chosen on dev: fail before training
+        raise InputFileError(set_dir / "dev.csv", "no documents: the coder picks its threshold and best epoch "
+                             "on dev, so the set needs at least one (re-split the data with some dev notes)")
+    if not train_docs and config.epochs:
+        raise InputFileError(set_dir / "train.csv", "no documents: nothing to train on "
+                             "(use --epochs 0 for zero-shot scores)")
     descriptions = code_descriptions(codes, config.graph)
     tokenizer = load_tokenizer(model_path)
     model = build_scorer(config.head, model_path, tokenizer, config.verbalizer, config.verbalizer_form)
@@ -161,6 +173,8 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
         log.info("resumed from %s after epoch %d (best dev micro-F1 %.4f)", last, start_epoch, best_f1)
     elif resume:
         log.info("nothing to resume in %s: starting fresh", last)
+    if start_epoch == 0:
+        clear_stale_evaluations(out)
 
     def finish_epoch(epoch: int, train_loss: float | None) -> None:
         nonlocal best_f1

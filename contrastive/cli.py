@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
+
+from kept.cli import config_defaults
 
 
 def _graph(path: str | None):
-    from contrastive.train import load_graph_for
+    from kgraph.store import open_graph
 
-    return load_graph_for(path or os.environ.get("KEPT_GRAPH"))
+    return open_graph(path)[0]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -29,7 +32,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _train_config(args: argparse.Namespace):
     from contrastive.train import HSAPConfig, resume_config
+    from kgraph.store import chosen_graph
 
+    args.graph = chosen_graph(args.graph)  # --graph, else $KEPT_GRAPH; None keeps a config's or resumed run's
     overrides = {k: getattr(args, k) for k in (
         "model", "graph", "out", "loss", "distance", "i", "j", "k", "seed", "steps", "grad_accum", "lr", "warmup_ratio",
         "max_length", "pooling", "amp", "temperature", "holdout_fraction", "holdout_seed", "log_every", "save_every",
@@ -46,11 +51,27 @@ def _train_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from contrastive.train import train
+    from kgraph.store import graph_label, graph_source
 
+    flag = args.graph
+    env_set = bool(os.environ.get("KEPT_GRAPH"))
     cfg = _train_config(args)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, one summary
+    if main:
+        source = graph_source(flag) if (flag or env_set) else ("--config" if args.config else "the resumed run")
+        print(f"graph: {graph_label(cfg.graph, source)}", file=sys.stderr)
     summary = train(cfg, progress=not args.quiet, resume=args.resume)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
+    if not main:
+        return 0
+    if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "levels"}))
+        return 0
+    last = summary["last_log"]
+    print(f"HSAP ({cfg.loss} loss, {summary['pooling']} pooling): steps {summary['start_step']}->{summary['steps']} "
+          f"in {summary['seconds']:.1f} s ({summary['terms_per_s']:.1f} terms/s)"
+          + (f", last loss {last['loss']:.4f}" if "loss" in last else ""))
+    print(f"model -> {summary['out']} (log: {summary['out']}/train_log.jsonl); "
+          f"evaluate it with `kept hsap eval --model {summary['out']}`")
     return 0
 
 
@@ -142,13 +163,16 @@ def register(subparsers) -> None:
                       ("holdout-seed", int), ("log-every", int), ("save-every", int), ("hard-negatives", int)):
         tr.add_argument(f"--{name}", type=typ, help=TRAIN_HELP.get(name))
     tr.add_argument("--pooling", choices=["cls", "mean", "auto"],
-                    help="term vector: first token (default, as KEPT), mean of tokens, or the model folder's own")
+                    help="term vector: auto (default, as `hsap eval`) = what the model folder records "
+                         "(MiniLM: mean), else the first token (cls, as KEPT); or force cls / mean")
     tr.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"])
     tr.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     tr.add_argument("--attached-margin", action="store_true",
                     help="let gradients flow through the sibling margin's arccos(|cos|) term (ablation)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     tr.set_defaults(func=cmd_train)
+    config_defaults(tr, "contrastive.train:HSAPConfig")
 
     ev = hsub.add_parser("eval", help="short title -> long title retrieval on held-out categories")
     ev.add_argument("--model", help="encoder folder (default: bundled MiniLM)")
@@ -161,8 +185,8 @@ def register(subparsers) -> None:
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--max-length", type=int, default=32)
     ev.add_argument("--pooling", choices=["cls", "mean", "auto"], default="auto",
-                    help="default auto: what the folder records (HSAP output: its training pooling; "
-                         "MiniLM: mean), else cls")
+                    help="auto (default): what the folder records (HSAP output: its training pooling; "
+                         "MiniLM: mean), else cls; the same default as `hsap train`")
     ev.add_argument("--out", help="write the metrics as JSON here")
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--quiet", action="store_true")

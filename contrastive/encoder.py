@@ -132,7 +132,10 @@ class TermEncoder(nn.Module):
                     mlm, model = full, full.base_model
             if model is None:
                 model = bare_encoder(src, local_only)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # a bad repo id is a ValueError (HFValidationError)
+            if not Path(src).exists():
+                raise KeptError(f"{src}: no such model folder (models load from local folders; "
+                                "a hub id only from the local cache)") from exc
             raise KeptError(f"cannot load a Hugging Face encoder from {src!r}: {exc}".splitlines()[0]) from exc
         return cls(model, tok, max_length, detect_pooling(src) if pooling == "auto" else pooling, mlm)
 

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -58,7 +58,7 @@ class HSAPConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     max_length: int = 32              # SapBERT uses 25; ICD long titles often need ~30 tokens
-    pooling: str = "cls"              # cls (KEPT, SapBERT) | mean | auto (the model folder's own)
+    pooling: str = "auto"             # auto: the model folder's own (MiniLM: mean), else cls (KEPT, SapBERT)
     amp: str = "auto"                 # auto (bf16/fp16 on GPU, off on CPU) | bf16 | fp16 | none
     temperature: float = 0.05         # InfoNCE only
     detach_sibling_margin: bool = True
@@ -107,6 +107,7 @@ def make_loss(cfg: HSAPConfig) -> torch.nn.Module:
 
 
 def load_graph_for(path: str | None):
+    """The graph directory `path` (already chosen by the caller), or the bundled graph for None."""
     import kgraph
 
     return kgraph.load_graph(path) if path else kgraph.build_graph(progress=False)
@@ -151,6 +152,7 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
         raise KeptError(f"--resume: no checkpoint-* folder in {out}")
     resume_from = ckpts[-1] if resume else None
     enc = TermEncoder.load(resume_from or cfg.model, max_length=cfg.max_length, pooling=cfg.pooling)
+    cfg = replace(cfg, pooling=enc.pooling)  # hsap_config.json records what "auto" chose
     enc.model.to(dist.device).train()
     if freeze_global_attention(enc.model):
         log.info("Longformer: global-attention projections frozen (terms use none)")
@@ -245,7 +247,8 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
     return {"steps": cfg.steps, "start_step": start, "seconds": round(seconds, 2),
             "terms_per_s": round(terms_seen * dist.world / max(seconds, 1e-9), 1),
             "norm_start": round(norm_start, 4), "norm_end": round(norm_end, 4),
-            "last_log": last, "out": str(out), "levels": sampler.describe()}
+            "last_log": last, "out": str(out), "graph": cfg.graph, "pooling": cfg.pooling,
+            "levels": sampler.describe()}
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -7,6 +7,7 @@ A stage module exposes `register(subparsers)` which adds its parsers and sets `f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -26,8 +27,76 @@ STAGE_MODULES = (
 )
 
 
+DESCRIPTION = ("kept: an ICD-9-CM / UMLS knowledge graph, hierarchical self-alignment pretraining (HSAP) "
+               "and a prompt-based ICD coder (KEPT). Commands in pipeline order; `kept COMMAND --help` "
+               "for each. Set KEPT_GRAPH=DIR once to make every command use your `kept graph build` graph.")
+
+
+def _shown(default) -> bool:
+    """Whether a default says something (0 does; None, a bare flag's False and SUPPRESS do not)."""
+    return not (default is None or default is False or default == argparse.SUPPRESS)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option shows its default, except where there is nothing to show (None, a bare flag's
+    False) or its help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not _shown(action.default)
+                or not action.option_strings or isinstance(action, argparse._VersionAction)):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def _all_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                yield from _all_parsers(sub)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """One formatter for every parser, set here so stage modules need not pass it."""
+    def formatter(p: argparse.ArgumentParser):
+        def make(prog: str) -> HelpFormatter:
+            _apply_config_defaults(p)
+            return HelpFormatter(prog)
+        return make
+
+    for p in _all_parsers(parser):
+        p.formatter_class = formatter(p)
+        for action in p._actions:  # options with no help text still show their default
+            if action.help is None and action.option_strings and _shown(action.default):
+                action.help = "default: %(default)s"
+
+
+def config_defaults(parser: argparse.ArgumentParser, cls: str, rename: dict[str, str] | None = None) -> None:
+    """Options left at None so that a `--config` file can set them show the default of the config
+    class `cls` ("module:Class"), imported only when help is printed (it may import torch)."""
+    parser._kept_config = (cls, rename or {})
+
+
+def _apply_config_defaults(parser: argparse.ArgumentParser) -> None:
+    spec, rename = parser.__dict__.pop("_kept_config", (None, {}))
+    if spec is None:
+        return
+    module, name = spec.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    for action in parser._actions:
+        name = rename.get(action.dest, action.dest)
+        if action.default is not None or name not in defaults or "default" in (action.help or ""):
+            continue
+        value = defaults[name]
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        shown = str(shown).replace("%", "%%")
+        action.help = f"{action.help} (default: {shown})" if action.help else f"default: {shown}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kept", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="kept", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"kept {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -40,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
+    _show_defaults(parser)
     return parser
 
 

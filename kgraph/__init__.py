@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["build_graph", "load_graph", "save_graph"]
+__all__ = ["build_graph", "load_graph", "save_graph", "open_graph", "chosen_graph"]
 
 
 def __getattr__(name: str):
@@ -11,7 +11,7 @@ def __getattr__(name: str):
         from kgraph.graph import build_graph
 
         return build_graph
-    if name in ("load_graph", "save_graph"):
+    if name in ("load_graph", "save_graph", "open_graph", "chosen_graph"):
         from kgraph import store
 
         return getattr(store, name)

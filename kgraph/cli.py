@@ -15,12 +15,10 @@ from kgraph import query
 
 
 def _graph(args: argparse.Namespace) -> nx.DiGraph:
-    """The graph named by --graph, else the bundled ICD-9-CM graph (built in memory in < 1 s)."""
-    from kgraph.graph import build_graph
-    from kgraph.store import load_graph
+    """--graph, else $KEPT_GRAPH, else the bundled ICD-9-CM graph (built in memory in < 1 s)."""
+    from kgraph.store import open_graph
 
-    path = args.graph or os.environ.get("KEPT_GRAPH")
-    return load_graph(path) if path else build_graph(progress=False)
+    return open_graph(args.graph)[0]
 
 
 def cmd_build(args: argparse.Namespace) -> int:

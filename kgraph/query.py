@@ -112,9 +112,13 @@ def codes_at(G: nx.DiGraph, depth: int, kind: str | None = None) -> list[str]:
 
 def stats(G: nx.DiGraph) -> dict[str, int]:
     out: dict[str, int] = {"nodes": G.number_of_nodes(), "edges": G.number_of_edges()}
+    billable: dict[str, int] = {}  # leaf codes (the bundled CMS v32: 14,567 dx, 3,882 proc)
     for _, d in G.nodes(data=True):
         key = f"{d['kind']}_{d['level']}" if d["type"] == "code" else "terms"
         out[key] = out.get(key, 0) + 1
+        if d["type"] == "code" and d.get("leaf"):
+            billable[f"{d['kind']}_billable"] = billable.get(f"{d['kind']}_billable", 0) + 1
+    out.update(sorted(billable.items()))
     for _, _, d in G.edges(data=True):
         key = "is_a" if d["rel"] == IS_A else f"has_term_{d['kind']}"
         out[key] = out.get(key, 0) + 1

@@ -3,11 +3,16 @@
 Layout: `codes.parquet` (one row per code node, with its parent), `terms.parquet`,
 `has_term.parquet` (code, term norm, kind, source) and `meta.json`. The directory is written
 beside the target and renamed into place, so a crash never leaves half a graph.
+
+Which graph a command uses is decided here, once, for every command: its `--graph` flag, else
+`$KEPT_GRAPH`, else the bundled titles-only ICD-9-CM graph (`chosen_graph`, `open_graph`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +24,10 @@ from kept.errors import InputFileError
 from kept.io import atomic_dir
 from kgraph.graph import HAS_TERM, IS_A, term_id
 
+__all__ = ["save_graph", "load_graph", "graph_tables", "chosen_graph", "graph_label", "graph_source",
+           "open_graph", "GRAPH_ENV"]
+
+GRAPH_ENV = "KEPT_GRAPH"
 CODE_COLUMNS = ["code", "kind", "level", "depth", "leaf", "description", "short_title",
                 "description_source", "parent"]
 FORMAT_VERSION = 1
@@ -111,3 +120,37 @@ def load_graph(directory: str | Path) -> nx.DiGraph:
         for c, t, k, s in zip(has_term["code"], has_term["term"], has_term["kind"], has_term["source"])
     )
     return G
+
+
+def chosen_graph(flag: str | Path | None = None) -> str | None:
+    """The graph directory a command uses: `flag` (its --graph), else $KEPT_GRAPH, else None (the
+    bundled graph). A named directory must hold a kept graph, so a typo fails the same way everywhere."""
+    path = str(flag) if flag else (os.environ.get(GRAPH_ENV) or None)
+    if path is not None and not (Path(path) / "meta.json").is_file():
+        source = graph_source(flag)
+        what = "does not exist" if not Path(path).exists() else "is not a kept graph directory (no meta.json)"
+        raise InputFileError(path, f"the graph named by {source} {what}; "
+                                   "build one with `kept graph build --out DIR`")
+    return path
+
+
+def graph_label(path: str | None, source: str = "") -> str:
+    """How a command names the graph it uses, in one line; `source` says who chose it."""
+    if path is None:
+        return f"bundled ICD-9-CM titles only (no --graph, no ${GRAPH_ENV}; no UMLS synonyms or abbreviations)"
+    return f"{path}" + (f" (from {source})" if source else "")
+
+
+def graph_source(flag: str | Path | None) -> str:
+    return "--graph" if flag else f"${GRAPH_ENV}"
+
+
+def open_graph(flag: str | Path | None = None, announce: bool = True) -> tuple[nx.DiGraph, str | None]:
+    """(graph, its directory or None for the bundled one), chosen by `chosen_graph`; with `announce`,
+    says on stderr which graph it is."""
+    from kgraph.graph import build_graph
+
+    path = chosen_graph(flag)
+    if announce:
+        print(f"graph: {graph_label(path, graph_source(flag))}", file=sys.stderr)
+    return (load_graph(path) if path else build_graph(progress=False)), path

@@ -114,7 +114,8 @@ def test_zero_shot_cli_train_eval_predict(tiny_longformer_dir, tiny_data_dir, tm
     note.write_text("Admitted with [**Hospital 1**] heart failure, edema; lasix given.", encoding="utf-8")
     capsys.readouterr()
     assert main(["coder", "predict", str(note), "--checkpoint", str(out / "best"), "--threshold", "0"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    header, columns, *lines = capsys.readouterr().out.strip().splitlines()
+    assert "threshold 0.000 (from --threshold)" in header and columns.split()[:2] == ["code", "prob"]
     assert len(lines) == len(TINY_CODES)
     probs = [float(line.split()[1]) for line in lines]
     assert probs == sorted(probs, reverse=True)

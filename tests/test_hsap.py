@@ -203,7 +203,7 @@ def test_torchrun_two_processes_train_with_ddp(tiny, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", "29517", "-m", "kept", "hsap", "train", "--model", str(tiny),
                            "--out", str(out), "--steps", "3", "--i", "2", "--j", "2", "--k", "2", "--device", "cpu",
-                           "--quiet", "--save-every", "3", "--log-every", "1"],
+                           "--quiet", "--json", "--save-every", "3", "--log-every", "1"],
                           capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summaries = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]

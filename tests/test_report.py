@@ -106,7 +106,7 @@ def test_median_over_three_seeds_by_hand(tmp_path):
     assert group["median"] == pytest.approx({"micro_f1": 0.60, "macro_auc": 0.85, "n_codes_macro": 50})
     assert (group["min"]["micro_f1"], group["max"]["micro_f1"]) == (0.50, 0.70)
     text = R.format_report(result)
-    assert "rare50" in text and "60.00" in text and "85.00" in text and "  50" in text
+    assert "rare50" in text and "0.6000" in text and "0.8500" in text and "  50" in text
 
 
 def test_mismatched_test_sets_are_an_error(tmp_path):

@@ -151,3 +151,18 @@ def test_rerank_cli_stage1_only(full_set, tmp_path, capsys):
     assert "faiss-stage1" in capsys.readouterr().out
     res = json.loads((tmp_path / "r" / "faiss-stage1" / "metrics.json").read_text())
     assert res["top_k"] == 4 and not (tmp_path / "r" / "faiss+kept-rerank").exists()
+
+
+def test_a_prompt_with_no_room_for_the_note_is_found_before_scoring(coder_dir):
+    from coder.evaluate import load_coder
+    from coder.rerank import check_prompt_room
+    from kept.errors import KeptError
+
+    coder = load_coder(coder_dir, "cpu")
+    codes = TINY_CODES + EXTRA
+    long_titles = {c: "long title words " * 4 for c in codes}
+    coder.config.prompt_codes = len(codes)
+    with pytest.raises(KeptError, match="--prompt-codes"):
+        check_prompt_room(coder, [codes], long_titles)
+    coder.config.prompt_codes = 2
+    check_prompt_room(coder, [codes], long_titles)  # run_rerank calls it on both splits before scoring

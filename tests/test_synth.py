@@ -107,10 +107,19 @@ def test_seeded(graph):
     assert other != one
 
 
-def test_rare_rule_that_cannot_be_met_is_a_clear_error(graph, tmp_path):
-    with pytest.raises(KeptError, match="rare-50 rule needs 50"):
-        prepare_synth(graph, tmp_path, SynthConfig(docs=10, words_min=50, words_max=60,
-                                                   rare_shape="rule", progress=False))
+def test_rare_rule_that_cannot_be_met_writes_the_rest_and_says_what_to_change(graph, tmp_path):
+    meta = prepare_synth(graph, tmp_path, SynthConfig(docs=10, words_min=50, words_max=60, rare_shape="rule",
+                                                      progress=False))
+    assert set(meta["sets"]) == {"full", "50"} and not (tmp_path / "rare50").exists()
+    assert (tmp_path / "full" / "train.csv").is_file() and (tmp_path / "50" / "codes.txt").is_file()
+    problem = meta["set_problems"]["rare50"]
+    assert "not written" in problem and "rare-50 rule needs 50" in problem and "--rare-n" in problem
+
+
+def test_note_length_bounds_hold(graph):
+    cfg = SynthConfig(docs=40, words_min=200, words_max=400, pool_size=300, codes_mean=4, progress=False)
+    lengths = [d.length for docs in generate_corpus(graph, cfg).values() for d in docs]
+    assert min(lengths) >= 200 and max(lengths) <= 400
 
 
 def test_cli_synth_then_stats(graph, tmp_path, capsys):

@@ -68,7 +68,7 @@ def coder_config(system: str, seed: int, args):
     epochs = 0 if system == "kept-prompt-zeroshot" else args.epochs
     return CoderConfig(head=head, epochs=epochs, lr=args.lr, grad_accum=1, batch_size=args.batch_size,
                        global_stride=args.global_stride,
-                       template=args.template, pos_weight=args.pos_weight, seed=seed)
+                       template=args.template, pos_weight=args.pos_weight, lm_head_lr=args.lm_head_lr, seed=seed)
 
 
 def run_system(system: str, set_dir: Path, seed: int, models: dict, args) -> dict:
@@ -81,27 +81,8 @@ def run_system(system: str, set_dir: Path, seed: int, models: dict, args) -> dic
     if system == "faiss-zeroshot":
         return faiss_zeroshot(set_dir, out, models["minilm"].parent / "index", system, args)
     model = models["hsap" if system.endswith("hsap") else "minilm"]
-    cfg = coder_config(system, seed, args)
-    if args.warmup_notes and cfg.head != "tfidf-lr" and cfg.epochs:
-        model = warm_up(model, set_dir, out / "warmup", cfg, args)
-    train_coder(set_dir, model, out, cfg, max_docs=args.train_docs)
+    train_coder(set_dir, model, out, coder_config(system, seed, args), max_docs=args.train_docs)
     return evaluate_checkpoint(out / "best", set_dir, out / "eval", system=system)
-
-
-def warm_up(model: Path, set_dir: Path, out: Path, cfg, args) -> Path:
-    """One pass over graph-term pseudo-notes for the set's codes (coder.warmup); returns the start
-    checkpoint for the real training."""
-    from dataclasses import replace
-
-    import kgraph
-    from coder.datasets import read_codes
-    from coder.train import train_coder
-    from coder.warmup import write_warmup_set
-
-    ws = write_warmup_set(kgraph.build_graph(progress=False), read_codes(set_dir), out / "set",
-                          n_train=args.warmup_notes, n_dev=20, seed=cfg.seed, force=True)
-    train_coder(ws, model, out / "run", replace(cfg, epochs=1, batch_size=2))
-    return out / "run" / "best"
 
 
 def faiss_zeroshot(set_dir: Path, out: Path, index_dir: Path, system: str, args) -> dict:
@@ -147,12 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--pos-weight", type=float, default=1.0)
+    ap.add_argument("--lm-head-lr", type=float)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--template", default="kept")
     ap.add_argument("--global-stride", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=1024)
-    ap.add_argument("--warmup-notes", type=int, default=0,
-                    help="prompt warm-up on N graph-term pseudo-notes before the neural heads train (0 = off)")
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

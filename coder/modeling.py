@@ -222,7 +222,8 @@ class CoderConfig:
     grad_accum: int = 8
     eval_batch_size: int = 4
     lr: float = 1.5e-5
-    head_lr: float = 1e-3  # new parameters only (label-attention head); the prompted coder has none
+    head_lr: float = 1e-3  # new parameters only (label-attention head)
+    lm_head_lr: float | None = None  # prompted coder's LM head (non-tied part); None = lr, as the paper
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0

@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from coder.evaluate import build_scorer, effective_max_length, label_matrix, predict_examples
-from coder.modeling import (CoderConfig, PromptCoder, amp_dtype, autocast, enable_checkpointing, load_tokenizer,
-                            set_trainable, write_coder_file)
+from coder.modeling import (CoderConfig, PromptCoder, amp_dtype, autocast, enable_checkpointing, lm_head_module,
+                            load_tokenizer, set_trainable, write_coder_file)
 from coder.prompts import build_examples, build_prompts, code_descriptions, collate, make_batches
 from kept.device import Dist, load_scaler_state, make_scaler, maybe_no_sync, optimizer_step
 from kept.errors import InputFileError, KeptError
@@ -64,13 +64,16 @@ def _dev_eval(model, tokenizer, examples, prompts, docs, codes, config, device) 
 
 
 def _optimizer(model, config: CoderConfig) -> torch.optim.Optimizer:
-    """AdamW; the label-attention head's new weights get `head_lr`, no decay on biases/norms."""
-    head_ids = {id(p) for p in getattr(getattr(model, "head", None), "parameters", lambda: [])()}
+    """AdamW; the label-attention head's new weights get `head_lr`, the prompted coder's LM head
+    `lm_head_lr` when set; no decay on biases/norms."""
+    rates = {id(p): config.head_lr for p in getattr(getattr(model, "head", None), "parameters", lambda: [])()}
+    if isinstance(model, PromptCoder) and config.lm_head_lr is not None:
+        rates.update({id(p): config.lm_head_lr for p in lm_head_module(model.mlm).parameters()})
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lr = config.head_lr if id(p) in head_ids else config.lr
+        lr = rates.get(id(p), config.lr)
         decay = 0.0 if p.ndim < 2 else config.weight_decay
         groups.setdefault((lr, decay), []).append(p)
     if not groups:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY_CODES, _notes, write_set
-from test_retrieval import encoder_dir, index_dir, subgraph  # noqa: F401  (module fixtures reused)
+from test_rerank import coder_dir  # noqa: F401  (module fixtures reused)
+from test_retrieval import encoder_dir, index_dir, subgraph  # noqa: F401
 
 
 def test_sentence_spans_offsets_and_long_sentences():
@@ -117,3 +118,27 @@ def test_semantic_graph_search(index_dir, capsys):  # noqa: F811
     assert rows[0]["code"] == "401.9" and set(rows[0]) == {"code", "term", "kind", "score"}
     assert main(["graph", "search", "heart", "--semantic"]) == 1  # no --index: one-line error
     assert "--index" in capsys.readouterr().err
+
+
+def test_predict_with_index_prints_evidence(coder_dir, index_dir, tmp_path, capsys):  # noqa: F811
+    from coder.predict import predict_with_index
+    from coder.retrieval import RetrieveConfig, load_index
+    from kept.cli import main
+
+    ti = load_index(index_dir)
+    title = ti.terms[ti.terms.code == "584.9"]["term"].iloc[0]
+    # a long note: the first stage reads every span, offsets index the text as given
+    text = "Seen today.\n" + "Vitals stable, afebrile. " * 300 + f"Admitted with [**name**] {title}. Home."
+    preds = predict_with_index(coder_dir, index_dir, text, RetrieveConfig(top_k=6, method="lexical"), threshold=0)
+    assert 1 <= len(preds) <= 6 and all(a.probability >= b.probability for a, b in zip(preds, preds[1:]))
+    p = next(p for p in preds if p.code == "584.9")
+    assert text[p.start:p.end] == p.evidence and title.lower() in p.evidence.lower() and p.stage1_rank == 1
+    note = tmp_path / "note.txt"
+    note.write_text(text, encoding="utf-8")
+    args = ["coder", "predict", str(note), "--checkpoint", str(coder_dir), "--index", str(index_dir),
+            "--top-k", "6", "--threshold", "0"]
+    assert main(args + ["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {"code", "probability", "description", "evidence", "start", "end", "stage1_score"} <= set(rows[0])
+    assert main(args) == 0
+    assert "evidence [" in capsys.readouterr().out

@@ -9,8 +9,8 @@ Methods (`RetrieveConfig.method`):
   dense    cosine of the span and term embeddings
   lexical  TF-IDF cosine of span and term words and word pairs (ranks only codes with a term
            sharing a word with the note: may return fewer than top_k)
-  hybrid   per pair dense + lexical_weight * lexical, best pair per code: a mention that is both
-           worded like a term and means it wins; a paraphrase still scores by its dense half
+  hybrid   per pair (dense + w * lexical) / (1 + w), w = lexical_weight; best pair per code: a
+           mention worded like a term and meaning it wins; a paraphrase still scores by its dense half
   rrf      reciprocal-rank fusion of the dense and lexical code rankings (sum of 1/(rrf_k + rank))
 """
 
@@ -67,7 +67,7 @@ def best_per_code(key: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def fuse_pairs(dense: tuple[np.ndarray, np.ndarray], floor: np.ndarray, lexical: tuple[np.ndarray, np.ndarray],
                weight: float) -> tuple[np.ndarray, np.ndarray]:
-    """dense + weight * lexical over the union of pairs. A pair outside a span's dense top hits gets
+    """(dense + weight * lexical) / (1 + weight) over the union of pairs. A pair outside a span's dense top hits gets
     that span's lowest returned cosine (`floor[span]`): an upper bound, so no pair is undersold;
     a pair with no shared word scores lexical 0."""
     keys = np.union1d(dense[0], lexical[0])
@@ -77,7 +77,9 @@ def fuse_pairs(dense: tuple[np.ndarray, np.ndarray], floor: np.ndarray, lexical:
     lx = np.zeros(len(keys))
     hit = np.isin(keys, lexical[0], assume_unique=True)
     lx[hit] = lexical[1][np.searchsorted(lexical[0], keys[hit])]
-    return keys, d + weight * lx
+    # Divided by 1 + weight: the fused score stays on the cosine scale (<= 1) that the candidates
+    # file promises and that rerank's (1 + s) / 2 stage-1 score assumes.
+    return keys, (d + weight * lx) / (1.0 + weight)
 
 
 def rrf_fuse(a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray],

@@ -226,7 +226,7 @@ class RetrieveConfig:
     chunking: str = "sentence"  # sentence | words | tokens (chunk_tokens / chunk_stride)
     span_words: int = 24  # words per span (a longer sentence is cut into windows of this size)
     span_stride: int = 12  # words between window starts (chunking "words" and long sentences)
-    lexical_weight: float = 1.0  # hybrid: dense cosine + weight * TF-IDF cosine
+    lexical_weight: float = 1.0  # hybrid: (dense cosine + weight * TF-IDF cosine) / (1 + weight)
     rrf_k: float = 60.0  # rrf: sum over rankings of 1 / (rrf_k + rank)
 
 

@@ -90,7 +90,7 @@ def register(coder_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--span-words", type=int, default=24,
                    help="words per span; longer sentences are cut into windows (default 24)")
     p.add_argument("--span-stride", type=int, default=12, help="words between window starts (default 12)")
-    p.add_argument("--lexical-weight", type=float, default=1.0, help="hybrid: dense + w * TF-IDF (default 1)")
+    p.add_argument("--lexical-weight", type=float, default=1.0, help="hybrid: (dense + w * TF-IDF) / (1 + w) (default 1)")
     p.add_argument("--rrf-k", type=float, default=60.0, help="rrf: 1 / (k + rank) (default 60)")
     p.add_argument("--chunk-tokens", type=int, default=128, help="note window in tokens (default 128)")
     p.add_argument("--chunk-stride", type=int, default=64, help="a new window every N tokens (default 64)")

@@ -55,7 +55,7 @@ def test_pairs_fusion_and_rrf_by_hand():
     keys, fused = fuse_pairs(dense, np.array([.5, .8]), lexical, weight=1.0)
     codes, scores, spans = best_per_code(keys, fused)
     assert codes.tolist() == [3, 2, 1] and spans.tolist() == [1, 0, 0]
-    np.testing.assert_allclose(scores, [1.5, 1.1, .9], atol=1e-6)
+    np.testing.assert_allclose(scores, [1.5 / 2, 1.1 / 2, .9 / 2], atol=1e-6)
     a = (np.array([1, 2]), np.zeros(2), np.array([0, 1]))
     b = (np.array([2, 3]), np.zeros(2), np.array([5, 6]))
     codes, scores, spans = rrf_fuse(a, b, k=1)

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.methods:
         config = replace(RetrieveConfig(top_k=300), **METHODS[name])
         t0 = time.perf_counter()
-        encode_s = cached.prepare([d.text for d in docs], config) if config.chunking != "tokens" else 0.0
+        spans_encoded = config.chunking != "tokens" and config.method != "lexical"
+        encode_s = cached.prepare([d.text for d in docs], config) if spans_encoded else 0.0
         found = first_stage(ti, cached if config.chunking != "tokens" else encoder, lex, [d.text for d in docs],
                             config, allowed, progress=False)
         seconds = time.perf_counter() - t0

@@ -98,10 +98,10 @@ def rrf_fuse(a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, 
             np.array([span[c][1] for c in codes.tolist()], np.int64))
 
 
-def _dense_pairs(ti, embs: np.ndarray, k: int, allowed: np.ndarray | None):
-    sims, ids = ti.index.search(embs, k)
+def _dense_pairs(ti, hits: tuple[np.ndarray, np.ndarray], allowed: np.ndarray | None):
+    sims, ids = hits
     valid = ids >= 0  # HNSW / IVF pad short result lists with -1
-    span = np.broadcast_to(np.arange(len(embs))[:, None], ids.shape)[valid]
+    span = np.broadcast_to(np.arange(len(ids))[:, None], ids.shape)[valid]
     code, sim = ti.row_code[ids[valid]], sims[valid]
     floor = np.where(valid.any(1), np.where(valid, sims, np.inf).min(1), -1.0)
     if allowed is not None:
@@ -117,16 +117,16 @@ def _lexical_pairs(ti, lex, texts: Sequence[str], allowed: np.ndarray | None):
     return best_pairs(m.row[keep], code[keep], m.data[keep])
 
 
-def _rank_note(ti, lex, texts, embs, config, allowed, want: int):
-    """(codes, scores, span indices) of one note's spans, widening the dense search until `want`
-    codes come back (as search_notes does) or the index is exhausted."""
+def _rank_note(ti, lex, texts, embs, hits, k: int, config, allowed, want: int):
+    """(codes, scores, span indices) of one note's spans from its FAISS `hits` at `k`, searching
+    again with twice the hits until `want` codes come back (as search_notes does) or the index is
+    exhausted."""
     lexical = _lexical_pairs(ti, lex, texts, allowed) if config.method != "dense" else None
     if config.method == "lexical":
         return best_per_code(*lexical)
     n_total = int(ti.index.ntotal)
-    k = max(1, min(config.k_terms or config.top_k * max(ti.max_terms_per_code, 1), config.max_k_terms, n_total))
     while True:
-        dense, floor = _dense_pairs(ti, embs, k, allowed)
+        dense, floor = _dense_pairs(ti, hits, allowed)
         if config.method == "dense":
             ranked = best_per_code(*dense)
         elif config.method == "hybrid":
@@ -136,25 +136,40 @@ def _rank_note(ti, lex, texts, embs, config, allowed, want: int):
         if len(ranked[0]) >= want or k >= n_total:
             return ranked
         k = min(2 * k, n_total)
+        hits = ti.index.search(embs, k)
 
 
 def search_spans(ti, encoder, lex, texts: Sequence[str], config, allowed: np.ndarray | None = None,
                  progress: bool = True) -> list[NoteHits]:
     """Top-k NoteHits per note. `ti` a TermIndex, `encoder` an Encoder (unused by `lexical`), `lex`
-    a LexicalIndex (unused by `dense`), `config` a RetrieveConfig, `allowed` a mask over ti.codes."""
+    a LexicalIndex (unused by `dense`), `config` a RetrieveConfig, `allowed` a mask over ti.codes.
+    Notes go `config.batch_notes` at a time through the encoder and FAISS: one search call per
+    batch, since FAISS's per-call cost dominates a single note's few dozen spans."""
     if config.method not in METHODS:
         raise KeptError(f"unknown retrieval method {config.method!r}; choose one of {', '.join(METHODS)}")
     want = min(config.top_k, len(ti.codes) if allowed is None else int(allowed.sum()))
+    k = max(1, min(config.k_terms or config.top_k * max(ti.max_terms_per_code, 1), config.max_k_terms,
+                   int(ti.index.ntotal)))
+    tokenizer = getattr(encoder, "tokenizer", None)
     out: list[NoteHits] = []
-    for text in tqdm(texts, desc="retrieving", disable=not progress, leave=False):
-        spans = note_spans(text, config.chunking, *_span_size(config), tokenizer=getattr(encoder, "tokenizer", None))
-        pieces = span_texts(text, spans)
-        embs = None
+    bar = tqdm(total=len(texts), desc="retrieving", disable=not progress, leave=False)
+    for lo in range(0, len(texts), config.batch_notes):
+        batch = texts[lo:lo + config.batch_notes]
+        spans = [note_spans(t, config.chunking, *_span_size(config), tokenizer=tokenizer) for t in batch]
+        pieces = [span_texts(t, sp) for t, sp in zip(batch, spans)]
+        bounds = np.cumsum([0] + [len(p) for p in pieces])
+        embs = sims = ids = None
         if config.method != "lexical":
-            embs = encoder.encode(pieces, _max_tokens(config), config.batch_size)
-        codes, scores, idx = _rank_note(ti, lex, pieces, embs, config, allowed, want)
-        codes, scores, idx = codes[:want], scores[:want], idx[:want]
-        out.append(NoteHits(codes, scores, np.asarray(spans, np.int64).reshape(-1, 2)[idx]))
+            embs = encoder.encode([p for ps in pieces for p in ps], _max_tokens(config), config.batch_size)
+            sims, ids = ti.index.search(embs, k)
+        for i, text in enumerate(batch):
+            a, b = bounds[i], bounds[i + 1]
+            note = (embs[a:b], (sims[a:b], ids[a:b])) if embs is not None else (None, None)
+            codes, scores, idx = _rank_note(ti, lex, pieces[i], *note, k, config, allowed, want)
+            codes, scores, idx = codes[:want], scores[:want], idx[:want]
+            out.append(NoteHits(codes, scores, np.asarray(spans[i], np.int64).reshape(-1, 2)[idx]))
+        bar.update(len(batch))
+    bar.close()
     return out
 
 

@@ -82,9 +82,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from coder.predict import format_predictions, predict_note, read_note
 
     coder = load_coder(args.checkpoint, args.device)
-    preds = predict_note(coder, read_note(args.note), threshold=args.threshold, top=args.top)
-    print(format_predictions(preds, coder.threshold if args.threshold is None else args.threshold,
-                             tuned=args.threshold is None))
+    text = read_note(args.note)
+    if args.index:
+        from coder.predict import predict_with_index
+        from coder.retrieval import RetrieveConfig
+
+        config = RetrieveConfig(top_k=args.top_k, method=args.method)
+        preds = predict_with_index(coder, args.index, text, config, threshold=args.threshold, top=args.top,
+                                   model=args.model, device=args.device)
+    else:
+        preds = predict_note(coder, text, threshold=args.threshold, top=args.top)
+    if args.json:
+        from coder.predict import predictions_json
+
+        print(json.dumps(predictions_json(preds), indent=1))
+    else:
+        print(format_predictions(preds, coder.threshold if args.threshold is None else args.threshold,
+                                 tuned=args.threshold is None))
     return 0
 
 
@@ -142,6 +156,14 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--threshold", type=probability, help="default: the dev-tuned threshold of the checkpoint")
     p.add_argument("--top", type=positive_int, help="print at most this many codes")
+    p.add_argument("--index", help="term index (`kept coder index`): code over every indexed code, "
+                                   "first-stage candidates with the note span that matched each")
+    p.add_argument("--top-k", type=int, default=300, help="first-stage candidates scored (with --index)")
+    p.add_argument("--method", default="hybrid", choices=("dense", "lexical", "hybrid", "rrf"),
+                   help="first stage (with --index; docs/retrieval.md)")
+    p.add_argument("--model", help="encoder for --index (default: the one the index was built with)")
+    p.add_argument("--json", action="store_true", help="print a JSON list (code, probability, description, "
+                                                       "evidence, start, end, stage1_score, stage1_rank)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 

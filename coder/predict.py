@@ -1,8 +1,12 @@
-"""`kept coder predict NOTE.txt`: the codes a trained coder assigns to one note, with probabilities."""
+"""`kept coder predict NOTE.txt`: the codes a trained coder assigns to one note, with probabilities.
+
+With a term index (`--index`) the note is coded over the whole indexed label space: the first stage
+(coder/hybrid.py) proposes candidates and the span of the note that matched each, the coder scores
+the candidates, and each printed code carries that span as its evidence."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from coder.evaluate import Coder, load_coder, score_codes
@@ -14,6 +18,12 @@ class Prediction:
     code: str
     probability: float
     description: str
+    # First-stage evidence (predict_with_index only): the note's span, offsets into the text as given.
+    evidence: str = ""
+    start: int = -1
+    end: int = -1
+    stage1_score: float | None = None
+    stage1_rank: int | None = None
 
 
 def read_note(path: str | Path) -> str:
@@ -47,12 +57,66 @@ def predict_note(coder: Coder | str | Path, text: str, threshold: float | None =
     return out[:top] if top else out
 
 
+def predict_with_index(coder: Coder | str | Path, index_dir: str | Path, text: str, config=None,
+                       threshold: float | None = None, top: int | None = None, model: str | Path | None = None,
+                       device: str = "auto") -> list[Prediction]:
+    """Code one note over every indexed code: first-stage candidates (with the span that matched
+    each), scored by the coder; those >= threshold (default: dev-tuned), best first.
+
+    The first stage reads the note as given, so evidence offsets index the user's own text; the
+    coder reads it preprocessed, as in training. `config` is a RetrieveConfig (top_k: candidates).
+    """
+    from coder.hybrid import load_lexical, search_spans
+    from coder.notes import preprocess
+    from coder.prompts import code_descriptions
+    from coder.retrieval import RetrieveConfig, load_index
+
+    if not isinstance(coder, Coder):
+        coder = load_coder(coder, device)
+    config = config or RetrieveConfig()
+    ti = load_index(index_dir)
+    encoder = None
+    if config.method != "lexical":
+        from coder.embed import load_encoder
+
+        encoder = load_encoder(model or ti.meta["model"], ti.meta["pooling"], device)
+    lex = load_lexical(ti) if config.method != "dense" else None
+    hits = search_spans(ti, encoder, lex, [text], config, progress=False)[0]
+    cands = [ti.codes[j] for j in hits.codes]
+    descriptions = {**code_descriptions([c for c in cands if c not in coder.descriptions]), **coder.descriptions}
+    scores = score_codes(coder.model, coder.tokenizer, preprocess(text), cands, descriptions, coder.config,
+                         coder.device) if cands else []
+    t = coder.threshold if threshold is None else threshold
+    out = []
+    for j in sorted(range(len(cands)), key=lambda j: -scores[j]):
+        if scores[j] >= t:
+            a, b = (int(x) for x in hits.spans[j])
+            out.append(Prediction(cands[j], float(scores[j]), descriptions.get(cands[j], ""), text[a:b], a, b,
+                                  float(hits.scores[j]), j + 1))
+    return out[:top] if top else out
+
+
+def predictions_json(preds: list[Prediction]) -> list[dict]:
+    """Predictions as plain dicts; the evidence fields only when a first stage produced them."""
+    rows = [asdict(p) for p in preds]
+    for r in rows:
+        if r["start"] < 0:
+            for k in ("evidence", "start", "end", "stage1_score", "stage1_rank"):
+                r.pop(k)
+    return rows
+
+
 def format_predictions(preds: list[Prediction], threshold: float, tuned: bool = True) -> str:
-    """A header naming the threshold, then one line per code: code, probability, description."""
+    """A header naming the threshold, then one line per code: code, probability, description, and
+    under it the evidence span when a first stage found one."""
     how = "tuned on dev" if tuned else "from --threshold"
     if not preds:
         return f"no code scores at or above the threshold {threshold:.3f} ({how})"
     width = max(len(p.code) for p in preds + [Prediction("code", 0.0, "")])
-    head = f"{len(preds)} code(s) at or above the threshold {threshold:.3f} ({how})\n" \
-           f"{'code':<{width}}  {'prob':>5}  description"
-    return head + "\n" + "\n".join(f"{p.code:<{width}}  {p.probability:.3f}  {p.description}" for p in preds)
+    lines = [f"{len(preds)} code(s) at or above the threshold {threshold:.3f} ({how})",
+             f"{'code':<{width}}  {'prob':>5}  description"]
+    for p in preds:
+        lines.append(f"{p.code:<{width}}  {p.probability:.3f}  {p.description}")
+        if p.start >= 0:
+            lines.append(f"{'':<{width}}  evidence [{p.start}:{p.end}] \"{' '.join(p.evidence.split())}\"")
+    return "\n".join(lines)

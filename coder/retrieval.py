@@ -252,6 +252,13 @@ class RetrieveConfig:
     temperature: float = 0.05  # logsumexp temperature (cosine units)
     batch_notes: int = 32
     batch_size: int = 64  # chunks per encoder batch
+    # Span first stage (coder/hybrid.py); method "dense" with chunking "tokens" is search_notes.
+    method: str = "hybrid"  # dense | lexical | hybrid | rrf (docs/retrieval.md has the measurements)
+    chunking: str = "sentence"  # sentence | words | tokens (chunk_tokens / chunk_stride)
+    span_words: int = 24  # words per span (a longer sentence is cut into windows of this size)
+    span_stride: int = 12  # words between window starts (chunking "words" and long sentences)
+    lexical_weight: float = 1.0  # hybrid: (dense cosine + weight * TF-IDF cosine) / (1 + weight)
+    rrf_k: float = 60.0  # rrf: sum over rankings of 1 / (rrf_k + rank)
 
 
 def aggregate_hits(chunk: np.ndarray, code: np.ndarray, sim: np.ndarray, method: str = "max",
@@ -399,6 +406,9 @@ def retrieve(index_dir: str | Path, set_dir: str | Path, out_dir: str | Path, co
         ti.index, ti.cpu_index = to_gpu(ti.index, encoder.device), ti.index
     if encoder.dim != ti.meta["dim"]:
         raise KeptError(f"encoder dim {encoder.dim} differs from the index's {ti.meta['dim']}")
+    from coder.hybrid import first_stage, load_lexical
+
+    lex = load_lexical(ti) if config.method in ("lexical", "hybrid", "rrf") else None
     label_space = read_codes(set_dir)
     allowed = np.isin(np.asarray(ti.codes, dtype=str), label_space) if restrict else None
     summary = {"index": str(index_dir), "set": str(set_dir), "restrict": restrict, "config": asdict(config),
@@ -407,7 +417,7 @@ def retrieve(index_dir: str | Path, set_dir: str | Path, out_dir: str | Path, co
     for split in splits:
         docs = read_split(set_dir, split)[:max_docs]
         t0 = time.perf_counter()
-        found = search_notes(ti, encoder, [d.text for d in docs], config, allowed, progress)
+        found = first_stage(ti, encoder, lex, [d.text for d in docs], config, allowed, progress)
         seconds = time.perf_counter() - t0
         ranked = [[ti.codes[j] for j in codes] for codes, _ in found]
         write_candidates(Path(out_dir) / f"candidates_{split}.parquet", [d.hadm_id for d in docs], ranked,

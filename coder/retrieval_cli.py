@@ -30,7 +30,9 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
 
     config = RetrieveConfig(top_k=args.top_k, chunk_tokens=args.chunk_tokens, chunk_stride=args.chunk_stride,
                             k_terms=args.k_terms, aggregate=args.aggregate, top_m=args.top_m,
-                            temperature=args.temperature, batch_size=args.batch_size)
+                            temperature=args.temperature, batch_size=args.batch_size, method=args.method,
+                            chunking=args.chunking, span_words=args.span_words, span_stride=args.span_stride,
+                            lexical_weight=args.lexical_weight, rrf_k=args.rrf_k)
     out = args.out or args.index
     summary = retrieve(args.index, args.data, out, config, splits=args.splits, model=args.model,
                        restrict=not args.all_codes, gpu=args.gpu, device=args.device, max_docs=args.max_docs,
@@ -85,6 +87,16 @@ def register(coder_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for candidates_<split>.parquet and retrieval.json (default: --index)")
     p.add_argument("--splits", nargs="+", default=["dev", "test"], choices=("train", "dev", "test"))
     p.add_argument("--top-k", type=int, default=300)
+    p.add_argument("--method", default="hybrid", choices=("dense", "lexical", "hybrid", "rrf"),
+                   help="hybrid (default): dense + TF-IDF cosine per span; dense: FAISS only; lexical: TF-IDF "
+                        "only; rrf: reciprocal-rank fusion of the two (docs/retrieval.md)")
+    p.add_argument("--chunking", default="sentence", choices=("sentence", "words", "tokens"),
+                   help="note spans: sentences (default), word windows, or token windows (--chunk-tokens)")
+    p.add_argument("--span-words", type=int, default=24,
+                   help="words per span; longer sentences are cut into windows (default 24)")
+    p.add_argument("--span-stride", type=int, default=12, help="words between window starts (default 12)")
+    p.add_argument("--lexical-weight", type=float, default=1.0, help="hybrid: (dense + w * TF-IDF) / (1 + w) (default 1)")
+    p.add_argument("--rrf-k", type=float, default=60.0, help="rrf: 1 / (k + rank) (default 60)")
     p.add_argument("--chunk-tokens", type=int, default=128, help="note window in tokens (default 128)")
     p.add_argument("--chunk-stride", type=int, default=64, help="a new window every N tokens (default 64)")
     p.add_argument("--k-terms", type=int, default=0, help="term hits per chunk (0 = top-k x terms per code)")

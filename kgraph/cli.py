@@ -73,6 +73,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     G = _graph(args)
+    if args.semantic:
+        return _semantic_search(G, args)
     hits = query.search(G, args.text, limit=args.limit)
     if not hits:
         print(f"no term matches {args.text!r}")
@@ -80,6 +82,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     for code, text, kind in hits:
         print(f"{code:<10} {kind:<12} {text}    ({G.nodes[code]['description']})")
     return 0
+
+
+def _semantic_search(G: nx.DiGraph, args: argparse.Namespace) -> int:
+    from kept.errors import KeptError
+
+    if not args.index:
+        raise KeptError("--semantic needs --index IDX (a folder from `kept coder index`)")
+    # Imported here, not at the top: the term index and its encoder belong to the coder stage, and
+    # kgraph must stay importable without it.
+    from coder.term_search import semantic_search
+
+    hits = semantic_search(args.index, args.text, limit=args.limit, model=args.model)
+    if args.json:
+        print(json.dumps([h.__dict__ for h in hits], indent=1))
+        return 0 if hits else 1
+    for h in hits:
+        desc = G.nodes[h.code].get("description", "") if h.code in G else ""
+        print(f"{h.code:<10} {h.score:.3f}  {h.kind:<12} {h.term}    ({desc})")
+    return 0 if hits else 1
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -158,6 +179,11 @@ def register(subparsers) -> None:
     q = with_graph(sub.add_parser("search", help="codes whose terms match a text"))
     q.add_argument("text")
     q.add_argument("--limit", type=positive_int, default=20)
+    q.add_argument("--semantic", action="store_true",
+                   help="nearest terms by meaning from a term index (--index) instead of word matching")
+    q.add_argument("--index", help="folder from `kept coder index` (with --semantic)")
+    q.add_argument("--model", help="query encoder (default: the one the index was built with)")
+    q.add_argument("--json", action="store_true", help="with --semantic: code, term, kind, score as JSON")
     q.set_defaults(func=cmd_search)
 
     st = with_graph(sub.add_parser("stats", help="node and edge counts"))

@@ -159,7 +159,9 @@ def run_demo(cfg: DemoConfig) -> dict:
             for head in cfg.systems:
                 system = SYSTEM_NAMES[head]
                 out = run / "coder" / f"{set_name}-{head}"
-                cc = CoderConfig(head=head, epochs=cfg.coder_epochs, lr=cfg.coder_lr, grad_accum=4,
+                # KEPT-code's template: its short descriptions leave ~550 of a note's ~630 tokens in the
+                # window, the paper's `desc :` form ~350 (docs/coder.md)
+                cc = CoderConfig(head=head, epochs=cfg.coder_epochs, lr=cfg.coder_lr, grad_accum=4, template="kept",
                                  global_stride=cfg.global_stride, seed=cfg.seed, graph=str(run / "graph"))
                 print(f"  {system} on synth-{set_name}", flush=True)
                 train_coder(set_dir, long_dir, out, cc, max_docs=cfg.coder_train_docs)

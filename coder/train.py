@@ -124,7 +124,7 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     train_docs = read_split(set_dir, "train")[:max_docs]
     dev_docs = read_split(set_dir, "dev")[:max_docs]
     if not dev_docs:  # the threshold and the best epoch are chosen on dev: fail before training
-        raise InputFileError(set_dir / "dev.csv", "no documents: the coder picks its threshold and best epoch "
+        raise InputFileError(set_dir / "dev.csv", "no dev notes: the coder picks its threshold and best epoch "
                              "on dev, so the set needs at least one (re-split the data with some dev notes)")
     if not train_docs and config.epochs:
         raise InputFileError(set_dir / "train.csv", "no documents: nothing to train on "

@@ -28,8 +28,9 @@ UNSEEN_LOGIT = -20.0
 def _vectorizer(max_features: int, vocabulary: dict[str, int] | None = None):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    # sublinear tf: a code mentioned ten times is not ten times as present
-    return TfidfVectorizer(ngram_range=(1, 2), min_df=1, max_features=max_features,
+    # sublinear tf: a code mentioned ten times is not ten times as present; no min_df: a rare code's
+    # one telling word may occur in a single training note
+    return TfidfVectorizer(ngram_range=(1, 2), max_features=max_features,
                            sublinear_tf=True, lowercase=True, vocabulary=vocabulary, dtype=np.float32)
 
 
@@ -52,11 +53,7 @@ class TfidfLR:
         if not texts:
             raise KeptError("no training notes: the TF-IDF baseline needs at least one")
         vec = _vectorizer(max_features)
-        try:
-            x = vec.fit_transform(texts)
-        except ValueError:  # every term below min_df: a tiny training set
-            vec = _vectorizer(max_features).set_params(min_df=1)
-            x = vec.fit_transform(texts)
+        x = vec.fit_transform(texts)
         gold = [set(ls) for ls in labels]
         coef = np.zeros((len(codes), x.shape[1]), dtype=np.float32)
         intercept = np.full(len(codes), UNSEEN_LOGIT, dtype=np.float32)

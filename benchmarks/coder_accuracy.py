@@ -163,7 +163,7 @@ def compare_all(args, systems: list[str]) -> None:
         res = report([Path(args.out) / "runs"], a=a, b=b, metrics=["micro_f1", "macro_f1", "macro_auc"],
                      n_boot=args.n_boot)
         for row in res.get("comparisons", []):
-            emit(kind="comparison", a=a, b=b, **row)
+            emit(kind="comparison", **row)  # row names its systems (a, b)
 
 
 if __name__ == "__main__":

@@ -113,29 +113,21 @@ class TfidfLR:
         return cls(vec, codes, coef, intercept)
 
 
-def train_tfidf(set_dir: str | Path, out_dir: str | Path, config, max_docs: int | None = None) -> dict:
-    """`kept coder train --head tfidf-lr`: fit on train, tune the threshold on dev, write OUT/best in
-    the same layout as the neural coders (kept_coder.json beside the weights) and history.json."""
-    import json
-
-    from coder.datasets import read_codes, read_split
+def train_tfidf(set_dir: Path, out: Path, config, codes: list[str], train_docs, dev_docs) -> dict:
+    """`kept coder train --head tfidf-lr` (called by `coder.train.train_coder`, which reads and
+    checks the set): fit on train, tune the threshold on dev, write OUT/best in the same layout as
+    the neural coders (kept_coder.json beside the weights) and history.json."""
     from coder.evaluate import label_matrix
     from coder.metrics import all_metrics, tune_threshold
     from coder.modeling import write_coder_file
     from coder.prompts import code_descriptions
-    from kept.io import atomic_dir, atomic_write
+    from kept.io import atomic_dir, atomic_write, dump_json
 
-    set_dir, out = Path(set_dir), Path(out_dir)
-    codes = read_codes(set_dir)
-    train_docs = read_split(set_dir, "train")[:max_docs]
-    dev_docs = read_split(set_dir, "dev")[:max_docs]
-    if not dev_docs:
-        raise KeptError(f"{set_dir}: no dev notes; the threshold is tuned on dev")
     model = TfidfLR.fit([d.text for d in train_docs], [d.labels for d in train_docs], codes,
                         c=config.tfidf_c, max_features=config.tfidf_max_features)
     y = label_matrix(dev_docs, codes)
     scores = model.scores([d.text for d in dev_docs])
-    threshold = tune_threshold(y, scores)
+    threshold = tune_threshold(y, scores, grid=config.threshold_search)
     metrics = all_metrics(y, scores, threshold)
     with atomic_dir(out / "best") as tmp:
         model.save(tmp)
@@ -143,7 +135,7 @@ def train_tfidf(set_dir: str | Path, out_dir: str | Path, config, max_docs: int 
                          {"epoch": 1, "dev_metrics": metrics, "trained_on": str(set_dir)})
     history = [{"epoch": 1, "train_loss": None, "dev_threshold": threshold, "dev": metrics}]
     with atomic_write(out / "history.json") as fh:
-        json.dump(history, fh, indent=1)
+        dump_json(history, fh, indent=1)  # NaN-free, as the neural coders' history
     log.info("tfidf-lr: %d train notes, %d features; dev micro-F1 %.4f macro-AUC %.4f (threshold %.3f)",
              len(train_docs), model.coef.shape[1], metrics["micro_f1"], metrics["macro_auc"], threshold)
     return {"best_dev_micro_f1": metrics["micro_f1"], "epochs": 1, "history": history, "best": str(out / "best")}

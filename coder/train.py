@@ -113,10 +113,6 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     from coder.datasets import read_codes, read_split
 
     config.validate()
-    if config.head == "tfidf-lr":  # no network, no epochs: fitted in one go
-        from coder.tfidf import train_tfidf
-
-        return train_tfidf(set_dir, out_dir, config, max_docs)
     set_dir, out = Path(set_dir), Path(out_dir)
     last = out / "last"
     _seed_all(config.seed)
@@ -129,6 +125,11 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     if not train_docs and config.epochs:
         raise InputFileError(set_dir / "train.csv", "no documents: nothing to train on "
                              "(use --epochs 0 for zero-shot scores)")
+    if config.head == "tfidf-lr":  # no network, no epochs: fitted in one go
+        from coder.tfidf import train_tfidf
+
+        clear_stale_evaluations(out)
+        return train_tfidf(set_dir, out, config, codes, train_docs, dev_docs)
     descriptions = code_descriptions(codes, config.graph)
     tokenizer = load_tokenizer(model_path)
     model = build_scorer(config.head, model_path, tokenizer, config.verbalizer, config.verbalizer_form)

@@ -37,7 +37,9 @@ def note_blind_micro_f1(set_dir) -> float:
 
 @pytest.mark.parametrize("head", ["prompt", "label-attention"])
 def test_head_overfits_a_handful_of_notes(head, handful, tiny_longformer_dir, tmp_path):
-    cfg = load_config(**OVERFIT, head=head, epochs=40, lr=3e-3, head_lr=3e-3)
+    # 60 epochs: the tiny model leaves its plateau after ~15-30 (its timing varies with thread
+    # scheduling), so the margin over the note-blind scorer must not hinge on the last few
+    cfg = load_config(**OVERFIT, head=head, epochs=60, lr=3e-3, head_lr=3e-3)
     summary = train_coder(handful, tiny_longformer_dir, tmp_path / head, cfg)
     losses = [h["train_loss"] for h in summary["history"]]
     f1 = [round(h["dev"]["micro_f1"], 3) for h in summary["history"]]

@@ -33,7 +33,7 @@ def emit(**row) -> None:
 
 
 def ensure_data(args) -> Path:
-    from coder.synth import SynthConfig, prepare_synth
+    from coder.data.synth import SynthConfig, prepare_synth
     import kgraph
 
     if args.data:
@@ -47,7 +47,7 @@ def ensure_data(args) -> Path:
 
 def long_models(args) -> dict[str, Path]:
     """The MiniLM (and HSAP) encoders as 1,024-token Longformer MLMs, made once."""
-    from coder.longify import longify
+    from coder.models.longify import longify
     from contrastive.encoder import default_model_path
 
     out = {}
@@ -72,8 +72,8 @@ def coder_config(system: str, seed: int, args):
 
 
 def run_system(system: str, set_dir: Path, seed: int, models: dict, args) -> dict:
-    from coder.evaluate import evaluate_checkpoint
-    from coder.train import train_coder
+    from coder.evaluation.evaluate import evaluate_checkpoint
+    from coder.training import train_coder
 
     out = Path(args.out) / "runs" / set_dir.name / f"{system}-s{seed}"
     if (out / "eval" / "metrics.json").is_file():  # resumable: a finished run is not redone
@@ -89,10 +89,10 @@ def faiss_zeroshot(set_dir: Path, out: Path, index_dir: Path, system: str, args)
     """Scores = the first stage's aggregated cosine over the set's own codes; threshold on dev."""
     import numpy as np
 
-    from coder.datasets import read_codes, read_split
-    from coder.evaluate import label_matrix, write_eval
-    from coder.metrics import all_metrics, tune_threshold
-    from coder.retrieval import IndexConfig, RetrieveConfig, build_index, read_candidates, retrieve
+    from coder.data.datasets import read_codes, read_split
+    from coder.evaluation.evaluate import label_matrix, write_eval
+    from coder.evaluation.metrics import all_metrics, tune_threshold
+    from coder.retrieval.candidates import IndexConfig, RetrieveConfig, build_index, read_candidates, retrieve
     from contrastive.encoder import default_model_path
 
     if not (index_dir / "index.json").is_file():
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def compare_all(args, systems: list[str]) -> None:
     """Paired bootstrap of each system against TF-IDF-LR and kept-prompt against label attention."""
-    from coder.report import report
+    from coder.evaluation.report import report
 
     pairs = [("tfidf-lr", s) for s in systems if s != "tfidf-lr"] + [("label-attention", "kept-prompt")]
     for a, b in pairs:

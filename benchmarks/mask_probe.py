@@ -40,7 +40,7 @@ def pseudo_notes(G, docs, codes, seed: int) -> list[str]:
 
 def mask_states(model_dir: str, texts, labels, codes, template: str, stride: int):
     from coder.modeling import base_encoder, load_mlm, load_tokenizer
-    from coder.prompts import build_examples, build_prompts, code_descriptions, collate
+    from coder.models.prompts import build_examples, build_prompts, code_descriptions, collate
 
     tok = load_tokenizer(model_dir)
     enc = base_encoder(load_mlm(model_dir).eval())
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.linear_model import LogisticRegression
 
     import kgraph
-    from coder.datasets import read_codes, read_split
-    from coder.metrics import all_metrics, tune_threshold
+    from coder.data.datasets import read_codes, read_split
+    from coder.evaluation.metrics import all_metrics, tune_threshold
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a long MLM (kept model longify)")

@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import faiss
 
-    from coder.datasets import read_codes, read_split
-    from coder.embed import load_encoder
-    from coder.retrieval import (IndexConfig, RetrieveConfig, load_index, make_index, recall_at_k,
+    from coder.data.datasets import read_codes, read_split
+    from coder.retrieval.embed import load_encoder
+    from coder.retrieval.candidates import (IndexConfig, RetrieveConfig, load_index, make_index, recall_at_k,
                                  search_notes)
 
     ti = load_index(args.index, gpu=False)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 
+from coder.retrieval import cli as retrieval_cli
 from kept.argtypes import (nonnegative_int, positive_float, positive_int, positive_int_list,
                            probability)
-
 from kept.cli import config_defaults
 
 
 def cmd_longify(args: argparse.Namespace) -> int:
-    from coder.longify import longify
+    from coder.models.longify import longify
 
     out = longify(args.model, args.out, max_length=args.max_length, attention_window=args.attention_window,
                   force=args.force)
@@ -39,7 +38,7 @@ def _config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     import sys
 
-    from coder.train import train_coder
+    from coder.training import train_coder
     from kept.errors import KeptError
     from kgraph.store import chosen_graph, graph_label, graph_source
 
@@ -58,8 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from coder.evaluate import evaluate_checkpoint, format_table
-    from coder.hierarchy_metrics import TABLE_NAMES
+    from coder.evaluation.evaluate import evaluate_checkpoint, format_table
+    from coder.evaluation.hierarchy_metrics import TABLE_NAMES
 
     result = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, ks=args.ks,
                                  system=args.system, device=args.device, max_docs=args.max_docs)
@@ -78,14 +77,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from coder.evaluate import load_coder
+    from coder.evaluation.evaluate import load_coder
     from coder.predict import format_predictions, predict_note, read_note
 
     coder = load_coder(args.checkpoint, args.device)
     text = read_note(args.note)
     if args.index:
         from coder.predict import predict_with_index
-        from coder.retrieval import RetrieveConfig
+        from coder.retrieval.candidates import RetrieveConfig
 
         config = RetrieveConfig(top_k=args.top_k, method=args.method)
         preds = predict_with_index(coder, args.index, text, config, threshold=args.threshold, top=args.top,
@@ -186,11 +185,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     coder = subparsers.add_parser("coder", help="train, evaluate and apply the prompted ICD coder")
     coder_sub = coder.add_subparsers(dest="coder_command", metavar="COMMAND")
     add_coder_commands(coder_sub)
-    try:  # retrieval/rerank commands live in their own module, when it exists
-        retrieval = importlib.import_module("coder.retrieval_cli")
-    except ModuleNotFoundError as exc:
-        if exc.name != "coder.retrieval_cli":
-            raise
-    else:
-        retrieval.register(coder_sub)
+    retrieval_cli.register(coder_sub)  # index / retrieve / rerank live beside what they drive
     coder.set_defaults(func=lambda a: coder.print_help() or 2)

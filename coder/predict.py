@@ -1,7 +1,7 @@
 """`kept coder predict NOTE.txt`: the codes a trained coder assigns to one note, with probabilities.
 
 With a term index (`--index`) the note is coded over the whole indexed label space: the first stage
-(coder/hybrid.py) proposes candidates and the span of the note that matched each, the coder scores
+(coder/retrieval/hybrid.py) proposes candidates and the span of the note that matched each, the coder scores
 the candidates, and each printed code carries that span as its evidence."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from coder.evaluate import Coder, load_coder, score_codes
+from coder.evaluation.evaluate import Coder, load_coder, score_codes
 from kept.errors import InputFileError, require_file
 
 
@@ -44,7 +44,7 @@ def predict_note(coder: Coder | str | Path, text: str, threshold: float | None =
     The note is preprocessed the way the data sets are (de-identification brackets dropped...).
     `top` keeps at most that many.
     """
-    from coder.notes import preprocess
+    from coder.data.notes import preprocess
 
     if not isinstance(coder, Coder):
         coder = load_coder(coder)
@@ -66,10 +66,10 @@ def predict_with_index(coder: Coder | str | Path, index_dir: str | Path, text: s
     The first stage reads the note as given, so evidence offsets index the user's own text; the
     coder reads it preprocessed, as in training. `config` is a RetrieveConfig (top_k: candidates).
     """
-    from coder.hybrid import load_lexical, search_spans
-    from coder.notes import preprocess
-    from coder.prompts import code_descriptions
-    from coder.retrieval import RetrieveConfig, load_index
+    from coder.retrieval.hybrid import load_lexical, search_spans
+    from coder.data.notes import preprocess
+    from coder.models.prompts import code_descriptions
+    from coder.retrieval.candidates import RetrieveConfig, load_index
 
     if not isinstance(coder, Coder):
         coder = load_coder(coder, device)
@@ -77,7 +77,7 @@ def predict_with_index(coder: Coder | str | Path, index_dir: str | Path, text: s
     ti = load_index(index_dir)
     encoder = None
     if config.method != "lexical":
-        from coder.embed import load_encoder
+        from coder.retrieval.embed import load_encoder
 
         encoder = load_encoder(model or ti.meta["model"], ti.meta["pooling"], device)
     lex = load_lexical(ti) if config.method != "dense" else None

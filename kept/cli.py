@@ -20,9 +20,9 @@ from kept.errors import KeptError
 STAGE_MODULES = (
     "kgraph.cli",
     "contrastive.cli",
-    "coder.data_cli",
+    "coder.data.cli",
     "coder.cli",
-    "coder.report",
+    "coder.evaluation.report",
     "kept.demo",
 )
 

@@ -75,15 +75,15 @@ class Step:
 
 def run_demo(cfg: DemoConfig) -> dict:
     import kgraph
-    from coder.datasets import read_split
-    from coder.evaluate import SYSTEM_NAMES, evaluate_checkpoint
-    from coder.hierarchy_metrics import SUMMARY_NAMES as HIER_ROWS  # hier_f1 + FP distance shares
-    from coder.longify import longify
+    from coder.data.datasets import read_split
+    from coder.evaluation.evaluate import SYSTEM_NAMES, evaluate_checkpoint
+    from coder.evaluation.hierarchy_metrics import SUMMARY_NAMES as HIER_ROWS  # hier_f1 + FP distance shares
+    from coder.models.longify import longify
     from coder.modeling import CoderConfig
-    from coder.rerank import run_rerank
-    from coder.retrieval import IndexConfig, RetrieveConfig, build_index, retrieve
-    from coder.synth import SynthConfig, prepare_synth
-    from coder.train import train_coder
+    from coder.retrieval.rerank import run_rerank
+    from coder.retrieval.candidates import IndexConfig, RetrieveConfig, build_index, retrieve
+    from coder.data.synth import SynthConfig, prepare_synth
+    from coder.training import train_coder
     from contrastive.encoder import TermEncoder, default_model_path
     from contrastive.evaluate import eval_set, evaluate
     from contrastive.sampling import BatchSampler, SamplerConfig, heldout_split
@@ -216,7 +216,7 @@ def _f1_series(eval_dir: Path, train_docs, threshold: float):
     """(training frequency, test F1) per code of one evaluated coder, for the plot."""
     import numpy as np
 
-    from coder.metrics import per_code_f1
+    from coder.evaluation.metrics import per_code_f1
     from kept.results import train_frequency
 
     z = np.load(eval_dir / "test_scores.npz", allow_pickle=False)

@@ -91,7 +91,7 @@ def _semantic_search(G: nx.DiGraph, args: argparse.Namespace) -> int:
         raise KeptError("--semantic needs --index IDX (a folder from `kept coder index`)")
     # Imported here, not at the top: the term index and its encoder belong to the coder stage, and
     # kgraph must stay importable without it.
-    from coder.term_search import semantic_search
+    from coder.retrieval.term_search import semantic_search
 
     hits = semantic_search(args.index, args.text, limit=args.limit, model=args.model)
     if args.json:

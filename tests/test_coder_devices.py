@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from coder.modeling import PromptCoder, enable_checkpointing, load_mlm, load_tokenizer, set_trainable
-from coder.prompts import build_examples, build_prompts, collate
-from coder.verbalizer import build_verbalizer
+from coder.models.prompts import build_examples, build_prompts, collate
+from coder.models.verbalizer import build_verbalizer
 from tests.conftest import TINY_CODES, tiny_descriptions
 
 
@@ -83,7 +83,7 @@ def test_checkpointing_keeps_frozen_layers_out_of_the_backward(tiny_longformer_d
 
 
 def test_shard_gives_every_rank_the_same_number_of_batches():
-    from coder.train import shard
+    from coder.training import shard
 
     batches = [[i] for i in range(5)]
     parts = [shard(batches, r, 2) for r in range(2)]

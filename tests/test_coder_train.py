@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from coder.datasets import read_split
-from coder.evaluate import evaluate_checkpoint, load_coder, score_codes
-from coder.label_attention import LabelAttentionCoder
+from coder.data.datasets import read_split
+from coder.evaluation.evaluate import evaluate_checkpoint, load_coder, score_codes
+from coder.models.label_attention import LabelAttentionCoder
 from coder.modeling import PromptCoder, load_config, load_mlm, load_tokenizer, set_trainable
 from coder.predict import predict_note
-from coder.prompts import build_examples, build_prompts, collate
-from coder.train import train_coder
-from coder.verbalizer import build_verbalizer
+from coder.models.prompts import build_examples, build_prompts, collate
+from coder.training import train_coder
+from coder.models.verbalizer import build_verbalizer
 from kept.cli import main
 from kept.errors import InputFileError, KeptError
 from tests.conftest import TINY_CODES, tiny_descriptions
@@ -88,7 +88,7 @@ def test_training_lowers_loss_resumes_and_evaluates(tiny_longformer_dir, tiny_da
     # raw logits kept beside the sigmoids (which tie at 1.0 in float32); P@k ranks by them
     assert npz["logits"].shape == npz["y_score"].shape
     assert np.allclose(npz["y_score"], 1 / (1 + np.exp(-npz["logits"].astype(np.float64))), atol=1e-6)
-    from coder.metrics import all_metrics
+    from coder.evaluation.metrics import all_metrics
 
     assert res["metrics"]["p@5"] == all_metrics(npz["y_true"], npz["y_score"], res["threshold"],
                                                rank_score=npz["logits"])["p@5"]
@@ -224,7 +224,7 @@ def test_resume_after_a_kill_gives_the_numbers_of_an_unbroken_run(tiny_longforme
                                                                     monkeypatch):
     """Stopped after epoch 1 (OUT/last saved), then resumed: the same losses and dev metrics as a run
     never stopped, because every RNG state (dropout draws) is saved and restored."""
-    import coder.train as ct
+    import coder.training as ct
 
     set_dir = tiny_data_dir / "50"
     cfg = {**FAST, "epochs": 2}

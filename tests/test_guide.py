@@ -233,7 +233,7 @@ def test_clear_messages_before_work(tiny, tmp_path, capsys):
 
 
 def test_a_new_training_run_removes_the_old_models_evaluations(tmp_path):
-    from coder.train import clear_stale_evaluations
+    from coder.training import clear_stale_evaluations
 
     for p in ("eval/metrics.json", "eval/test_scores.npz", "best/kept_coder.json"):
         (tmp_path / p).parent.mkdir(exist_ok=True)

@@ -1,4 +1,4 @@
-"""Hierarchical metrics (coder.hierarchy_metrics) on hand-worked notes over the bundled ICD-9-CM graph.
+"""Hierarchical metrics (coder.evaluation.hierarchy_metrics) on hand-worked notes over the bundled ICD-9-CM graph.
 
 Chains used below (code, parent, ..., chapter; from kgraph/data):
   250.01 / 250.00 / 250.02 -> 250.0 -> 250 -> 249-259 -> 240-279
@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coder import hierarchy_metrics as H
-from coder.metrics import all_metrics
+from coder.evaluation import hierarchy_metrics as H
+from coder.evaluation.metrics import all_metrics
 
 
 @pytest.fixture(scope="module")

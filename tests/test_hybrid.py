@@ -15,7 +15,7 @@ from test_retrieval import encoder_dir, index_dir, subgraph  # noqa: F401
 
 
 def test_sentence_spans_offsets_and_long_sentences():
-    from coder.spans import note_spans, sentence_spans, word_window_spans
+    from coder.retrieval.spans import note_spans, sentence_spans, word_window_spans
 
     text = "Chief complaint: chest pain.  Admitted with acute kidney injury; improved.\n"
     spans = sentence_spans(text)
@@ -30,8 +30,8 @@ def test_sentence_spans_offsets_and_long_sentences():
 
 
 def test_token_spans_match_encoder_chunks(encoder_dir):  # noqa: F811
-    from coder.embed import load_encoder
-    from coder.spans import token_window_spans
+    from coder.retrieval.embed import load_encoder
+    from coder.retrieval.spans import token_window_spans
 
     enc = load_encoder(encoder_dir, "mean")
     text = " ".join(["heart failure edema lasix"] * 10)
@@ -43,7 +43,7 @@ def test_token_spans_match_encoder_chunks(encoder_dir):  # noqa: F811
 
 
 def test_pairs_fusion_and_rrf_by_hand():
-    from coder.hybrid import best_pairs, best_per_code, fuse_pairs, rrf_fuse
+    from coder.retrieval.hybrid import best_pairs, best_per_code, fuse_pairs, rrf_fuse
 
     # dense: span 0 -> code 1 .9 (two terms: .9, .2), code 2 .5; span 1 -> code 2 .8; floors .5 / .8
     dense = best_pairs(np.array([0, 0, 0, 1]), np.array([1, 1, 2, 2]), np.array([.9, .2, .5, .8]))
@@ -65,9 +65,9 @@ def test_pairs_fusion_and_rrf_by_hand():
 
 @pytest.mark.parametrize("method", ["lexical", "hybrid", "rrf", "dense"])
 def test_search_spans_finds_named_code_with_evidence(index_dir, method):  # noqa: F811
-    from coder.embed import load_encoder
-    from coder.hybrid import load_lexical, search_spans
-    from coder.retrieval import RetrieveConfig, load_index
+    from coder.retrieval.embed import load_encoder
+    from coder.retrieval.hybrid import load_lexical, search_spans
+    from coder.retrieval.candidates import RetrieveConfig, load_index
 
     ti = load_index(index_dir)
     enc = load_encoder(ti.meta["model"], ti.meta["pooling"])
@@ -91,7 +91,7 @@ def test_search_spans_finds_named_code_with_evidence(index_dir, method):  # noqa
 
 
 def test_retrieve_cli_methods(index_dir, tmp_path):  # noqa: F811
-    from coder.retrieval import read_candidates
+    from coder.retrieval.candidates import read_candidates
     from kept.cli import main
 
     data = write_set(tmp_path / "full", TINY_CODES, {"dev": _notes(3, 2), "test": _notes(4, 3)})
@@ -106,8 +106,8 @@ def test_retrieve_cli_methods(index_dir, tmp_path):  # noqa: F811
 
 
 def test_semantic_graph_search(index_dir, capsys):  # noqa: F811
-    from coder.retrieval import load_index
-    from coder.term_search import semantic_search
+    from coder.retrieval.candidates import load_index
+    from coder.retrieval.term_search import semantic_search
     from kept.cli import main
 
     ti = load_index(index_dir)
@@ -124,7 +124,7 @@ def test_semantic_graph_search(index_dir, capsys):  # noqa: F811
 
 def test_predict_with_index_prints_evidence(coder_dir, index_dir, tmp_path, capsys):  # noqa: F811
     from coder.predict import predict_with_index
-    from coder.retrieval import RetrieveConfig, load_index
+    from coder.retrieval.candidates import RetrieveConfig, load_index
     from kept.cli import main
 
     ti = load_index(index_dir)

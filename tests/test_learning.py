@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coder.datasets import read_split
-from coder.evaluate import label_matrix
-from coder.metrics import all_metrics, tune_threshold
+from coder.data.datasets import read_split
+from coder.evaluation.evaluate import label_matrix
+from coder.evaluation.metrics import all_metrics, tune_threshold
 from coder.modeling import load_config
-from coder.train import train_coder
+from coder.training import train_coder
 from tests.conftest import TINY_CODES, _notes, write_set
 
 # a few hundred tiny steps: seconds on CPU

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coder.longify import longify, longify_model
+from coder.models.longify import longify, longify_model
 from kept.errors import KeptError
 from tests.conftest import build_tiny_bert_mlm
 

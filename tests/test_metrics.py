@@ -1,4 +1,4 @@
-"""coder.metrics against scikit-learn on random data with ties, and on small hand-worked examples."""
+"""coder.evaluation.metrics against scikit-learn on random data with ties, and on small hand-worked examples."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from coder import metrics as M
+from coder.evaluation import metrics as M
 
 
 @pytest.fixture(scope="module")
@@ -261,5 +261,5 @@ def test_metrics_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, coder.metrics; sys.exit('torch' in sys.modules)"
+    code = "import sys, coder.evaluation.metrics; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from coder.datasets import (Document, read_codes, read_split, select_rare50, top_codes,
+from coder.data.datasets import (Document, read_codes, read_split, select_rare50, top_codes,
                             write_split)
-from coder.mimic import MimicConfig, prepare_mimic
+from coder.data.mimic import MimicConfig, prepare_mimic
 from kept.cli import main
 from kept.errors import InputFileError, KeptError
 
@@ -109,7 +109,7 @@ def test_cli_with_gzip_and_seeded_patient_split(tmp_path):
 
 
 def test_rare50_defaults_to_kepts_lists(tmp_path):
-    from coder.mimic import read_kept_rare50
+    from coder.data.mimic import read_kept_rare50
 
     codes, lists = read_kept_rare50()
     assert len(codes) == 50 and {s: len(v) for s, v in lists.items()} == {"train": 249, "dev": 20, "test": 142}

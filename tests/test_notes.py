@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coder.notes import KEEP_HEADERS, preprocess, split_sections, truncate_sections, word_count
+from coder.data.notes import KEEP_HEADERS, preprocess, split_sections, truncate_sections, word_count
 
 # A note in MIMIC's shape: the seven kept sections (MIMIC spellings) and five dropped ones,
 # each with a marker word so the test can see which survived.

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from coder.prompts import (build_examples, build_input, build_prompts, chunk_codes, collate, encode_note,
+from coder.models.prompts import (build_examples, build_input, build_prompts, chunk_codes, collate, encode_note,
                            encode_prompt, global_positions, make_batches, short_description)
-from coder.verbalizer import build_verbalizer
+from coder.models.verbalizer import build_verbalizer
 from kept.errors import KeptError
 from tests.conftest import TINY_CODES, tiny_descriptions
 

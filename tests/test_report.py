@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coder import report as R
-from coder.metrics import all_metrics
+from coder.evaluation import report as R
+from coder.evaluation.metrics import all_metrics
 from kept.cli import main
 from kept.errors import InputFileError, KeptError
 
@@ -193,7 +193,7 @@ def test_metric_left_out_of_metrics_json_gets_no_ci(tmp_path):
 
 def _with_hierarchical(run: Path, graph: str | None = None) -> dict:
     """Add the `hierarchical` entry kept coder eval writes, computed from the run's own scores."""
-    from coder.hierarchy_metrics import hierarchical_block
+    from coder.evaluation.hierarchy_metrics import hierarchical_block
 
     meta = json.loads((run / "metrics.json").read_text())
     npz = np.load(run / "test_scores.npz")

@@ -14,7 +14,7 @@ EXTRA = ["250.01", "428.1", "V45.81"]
 
 
 def test_merge_scores_hand_example():
-    from coder.rerank import merge_scores
+    from coder.retrieval.rerank import merge_scores
 
     space = ["a", "b", "c", "d"]
     s, m = merge_scores([["c", "a"], []], [np.array([.9, .4]), np.zeros(0)], space)
@@ -23,7 +23,7 @@ def test_merge_scores_hand_example():
 
 
 def test_candidate_lists_keep_rank_order_inside_label_space():
-    from coder.rerank import candidate_lists
+    from coder.retrieval.rerank import candidate_lists
     from kept.errors import KeptError
 
     cands = {"1": (["x", "b", "a", "c"], np.array([.9, .8, .7, .6]))}
@@ -34,7 +34,7 @@ def test_candidate_lists_keep_rank_order_inside_label_space():
 
 
 def test_candidate_auc_hand_example():
-    from coder.rerank import candidate_auc
+    from coder.retrieval.rerank import candidate_auc
 
     y = np.array([[1, 0, 0], [0, 1, 1]])
     s = np.array([[.9, .5, .0], [.2, .8, .0]])
@@ -50,8 +50,8 @@ def test_candidate_auc_hand_example():
 
 
 def test_threshold_is_tuned_on_dev_only():
-    from coder.metrics import all_metrics, tune_threshold
-    from coder.rerank import evaluate_scores
+    from coder.evaluation.metrics import all_metrics, tune_threshold
+    from coder.retrieval.rerank import evaluate_scores
 
     rng = np.random.default_rng(0)
     y_dev = (rng.random((30, 12)) < 0.2).astype(np.uint8)
@@ -75,7 +75,7 @@ def test_threshold_is_tuned_on_dev_only():
 @pytest.fixture(scope="module")
 def coder_dir(tiny_longformer_dir, tiny_data_dir, tmp_path_factory):
     from coder.modeling import load_config
-    from coder.train import train_coder
+    from coder.training import train_coder
 
     out = tmp_path_factory.mktemp("coder")
     cfg = load_config(epochs=1, batch_size=4, grad_accum=1, eval_batch_size=8, lr=1e-3, warmup_ratio=0.0,
@@ -88,8 +88,8 @@ def coder_dir(tiny_longformer_dir, tiny_data_dir, tmp_path_factory):
 def full_set(tmp_path_factory):
     """A full set over TINY_CODES + EXTRA and stage-1 candidates (a fixed, deliberately imperfect
     order: 427.31 is never a candidate, so its gold labels count as misses)."""
-    from coder.datasets import read_split
-    from coder.retrieval import write_candidates
+    from coder.data.datasets import read_split
+    from coder.retrieval.candidates import write_candidates
 
     root = tmp_path_factory.mktemp("full_data")
     (root / "dataset.json").write_text(json.dumps({"source": "fixture", "seed": 0}))
@@ -105,9 +105,9 @@ def full_set(tmp_path_factory):
 
 
 def test_rerank_end_to_end(coder_dir, full_set, tmp_path):
-    from coder.datasets import read_split
-    from coder.evaluate import load_coder, score_codes
-    from coder.rerank import RERANK_SYSTEM, STAGE1_SYSTEM, run_rerank
+    from coder.data.datasets import read_split
+    from coder.evaluation.evaluate import load_coder, score_codes
+    from coder.retrieval.rerank import RERANK_SYSTEM, STAGE1_SYSTEM, run_rerank
 
     set_dir, cdir = full_set
     results = run_rerank(cdir, set_dir, tmp_path / "runs", coder_dir, k=6, progress=False)
@@ -133,7 +133,7 @@ def test_rerank_end_to_end(coder_dir, full_set, tmp_path):
     coder = load_coder(coder_dir, "cpu")
     doc = read_split(set_dir, "test")[0]
     cands = ["401.9", "V45.81", "428.0", "250.00", "584.9", "428.1"]
-    from coder.prompts import code_descriptions
+    from coder.models.prompts import code_descriptions
 
     desc = {**code_descriptions(["V45.81", "428.1"]), **coder.descriptions}
     direct = score_codes(coder.model, coder.tokenizer, doc.text, cands, desc, coder.config, coder.device)
@@ -154,8 +154,8 @@ def test_rerank_cli_stage1_only(full_set, tmp_path, capsys):
 
 
 def test_a_prompt_with_no_room_for_the_note_is_found_before_scoring(coder_dir):
-    from coder.evaluate import load_coder
-    from coder.rerank import check_prompt_room
+    from coder.evaluation.evaluate import load_coder
+    from coder.retrieval.rerank import check_prompt_room
     from kept.errors import KeptError
 
     coder = load_coder(coder_dir, "cpu")

@@ -37,7 +37,7 @@ def subgraph():
 
 @pytest.fixture(scope="module")
 def index_dir(encoder_dir, subgraph, tmp_path_factory):
-    from coder.retrieval import IndexConfig, build_index
+    from coder.retrieval.candidates import IndexConfig, build_index
 
     out = tmp_path_factory.mktemp("idx") / "index"
     build_index(encoder_dir, out, subgraph, IndexConfig(pooling="cls"), progress=False)
@@ -45,7 +45,7 @@ def index_dir(encoder_dir, subgraph, tmp_path_factory):
 
 
 def test_term_table_leaves_only_unless_all_codes(subgraph):
-    from coder.retrieval import term_table
+    from coder.retrieval.candidates import term_table
     from kgraph.query import terms_of
 
     leaves = term_table(subgraph)
@@ -56,7 +56,7 @@ def test_term_table_leaves_only_unless_all_codes(subgraph):
 
 
 def test_index_round_trip(index_dir, subgraph):
-    from coder.retrieval import load_index, term_table
+    from coder.retrieval.candidates import load_index, term_table
 
     ti = load_index(index_dir)
     meta = json.loads((index_dir / "index.json").read_text())
@@ -65,7 +65,7 @@ def test_index_round_trip(index_dir, subgraph):
     assert list(ti.terms.columns) == ["code", "term", "kind"]
     assert [ti.codes[j] for j in ti.row_code] == ti.terms["code"].tolist()
     # the stored vectors are the encoder's unit vectors of each row's term
-    from coder.embed import load_encoder
+    from coder.retrieval.embed import load_encoder
 
     enc = load_encoder(meta["model"], "cls")
     rows = [0, 5, len(ti.terms) - 1]
@@ -75,7 +75,7 @@ def test_index_round_trip(index_dir, subgraph):
 
 
 def test_missing_index_file_names_it(index_dir, tmp_path):
-    from coder.retrieval import load_index
+    from coder.retrieval.candidates import load_index
     from kept.errors import InputFileError
 
     with pytest.raises(InputFileError, match="terms.faiss"):
@@ -83,7 +83,7 @@ def test_missing_index_file_names_it(index_dir, tmp_path):
 
 
 def test_flat_search_equals_numpy_brute_force(index_dir):
-    from coder.retrieval import load_index
+    from coder.retrieval.candidates import load_index
 
     ti = load_index(index_dir)
     x = ti.index.reconstruct_n(0, ti.index.ntotal)
@@ -97,7 +97,7 @@ def test_flat_search_equals_numpy_brute_force(index_dir):
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_indexes_find_the_exact_neighbours(kind):
-    from coder.retrieval import IndexConfig, make_index
+    from coder.retrieval.candidates import IndexConfig, make_index
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2000, 16)).astype(np.float32)
@@ -111,7 +111,7 @@ def test_approximate_indexes_find_the_exact_neighbours(kind):
 
 
 def test_aggregation_hand_example():
-    from coder.retrieval import aggregate_hits
+    from coder.retrieval.candidates import aggregate_hits
 
     # code 0: chunk 0 terms .9/.2, chunk 1 .5 -> max .9, mean-top(2) (.9+.5)/2 = .7
     # code 1: chunk 1 .8 only -> max .8, mean-top(2) .4
@@ -142,8 +142,8 @@ def _brute_force_top(ti, enc, text, cfg, top_k):
 
 
 def test_search_max_is_exact_and_fills_top_k(index_dir):
-    from coder.embed import load_encoder
-    from coder.retrieval import RetrieveConfig, load_index, search_notes
+    from coder.retrieval.embed import load_encoder
+    from coder.retrieval.candidates import RetrieveConfig, load_index, search_notes
 
     ti = load_index(index_dir)
     enc = load_encoder(ti.meta["model"], ti.meta["pooling"])
@@ -163,7 +163,7 @@ def test_search_max_is_exact_and_fills_top_k(index_dir):
 
 
 def test_chunks_overlap_and_cover_the_note(encoder_dir):
-    from coder.embed import load_encoder
+    from coder.retrieval.embed import load_encoder
 
     enc = load_encoder(encoder_dir, "mean")
     text = " ".join(["heart failure edema lasix"] * 30)
@@ -177,7 +177,7 @@ def test_chunks_overlap_and_cover_the_note(encoder_dir):
 
 
 def test_recall_at_k_hand_example():
-    from coder.retrieval import recall_at_k
+    from coder.retrieval.candidates import recall_at_k
 
     gold = [["a", "b"], ["c"], []]
     ranked = [["a", "x", "b"], ["y", "z", "c"], ["a"]]
@@ -187,7 +187,7 @@ def test_recall_at_k_hand_example():
 
 
 def test_retrieve_writes_candidates_and_recall(index_dir, tmp_path):
-    from coder.retrieval import RetrieveConfig, read_candidates, retrieve
+    from coder.retrieval.candidates import RetrieveConfig, read_candidates, retrieve
     from kept.cli import main
 
     data = tmp_path / "data"
@@ -230,8 +230,8 @@ FakeGpuIndex.__name__ = "GpuIndexFlatIP"
 def test_gpu_index_never_asked_more_than_its_limit(index_dir, monkeypatch):
     """faiss-gpu answers k <= 2048; the automatic k and the widening loop go past it on a large
     index: those searches must go to the CPU copy, with the same results."""
-    import coder.retrieval as R
-    from coder.embed import load_encoder
+    import coder.retrieval.candidates as R
+    from coder.retrieval.embed import load_encoder
 
     ti = R.load_index(index_dir)
     enc = load_encoder(ti.meta["model"], ti.meta["pooling"])

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 import kgraph
-from coder.datasets import SPLITS, read_codes, read_split
-from coder.notes import preprocess, truncate_sections
-from coder.stats import dataset_stats
-from coder.synth import (NEG_DX, SynthConfig, generate_corpus, make_note, prepare_synth,
+from coder.data.datasets import SPLITS, read_codes, read_split
+from coder.data.notes import preprocess, truncate_sections
+from coder.data.stats import dataset_stats
+from coder.data.synth import (NEG_DX, SynthConfig, generate_corpus, make_note, prepare_synth,
                          term_variants)
 from kept.cli import main
 from kept.errors import KeptError
@@ -163,7 +163,7 @@ def test_default_settings_give_full_top50_and_rare50(graph, tmp_path):
 def test_a_failed_write_keeps_the_old_data_set_whole(tmp_path, monkeypatch):
     """The data set is written as one folder and renamed into place: a crash half-way leaves the
     previous data set as it was and no temp folder."""
-    import coder.datasets as cd
+    import coder.data.datasets as cd
 
     out = tmp_path / "data"
     argv = ["data", "synth", "--out", str(out), "--docs", "60", "--words-min", "50", "--words-max", "80",

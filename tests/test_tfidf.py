@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from coder.datasets import read_split
-from coder.evaluate import evaluate_checkpoint, load_coder, score_codes
+from coder.data.datasets import read_split
+from coder.evaluation.evaluate import evaluate_checkpoint, load_coder, score_codes
 from coder.modeling import load_config
 from coder.predict import predict_note
-from coder.tfidf import UNSEEN_LOGIT, TfidfLR
-from coder.train import train_coder
+from coder.models.tfidf import UNSEEN_LOGIT, TfidfLR
+from coder.training import train_coder
 from kept.cli import main
 from kept.errors import KeptError
 from tests.conftest import TINY_CODES

@@ -12,7 +12,7 @@ medians the table prints (the paper's Table 3 compares systems by their median),
 defined when the systems have different numbers of seeds. The CI (2.5th-97.5th percentile) is
 test-sampling uncertainty given the trained runs; the seeds' spread is in the JSON (min, max).
 
-A run's graph-aware figures (metrics.json "hierarchical", coder.hierarchy_metrics) join its table
+A run's graph-aware figures (metrics.json "hierarchical", coder.evaluation.hierarchy_metrics) join its table
 under their own names (hier_f1, cophe_f1@category, ...); their P/R/F1 are resampled from
 per-document counts over the graph the run names (null = bundled ICD-9-CM).
 """
@@ -30,8 +30,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from coder import hierarchy_metrics as H
-from coder import metrics as M
+from coder.evaluation import hierarchy_metrics as H
+from coder.evaluation import metrics as M
 from kept.errors import InputFileError, KeptError, require_file
 
 DEFAULT_METRICS = ("micro_auc", "macro_auc", "micro_f1", "macro_f1", "macro_f1_mean",
@@ -209,7 +209,7 @@ def _macro_auc_weighted(weights: np.ndarray, y: np.ndarray, s: np.ndarray, block
 
 
 def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den elementwise, 0 where den is 0 (scikit-learn's zero_division=0, as in coder.metrics)."""
+    """num / den elementwise, 0 where den is 0 (scikit-learn's zero_division=0, as in coder.evaluation.metrics)."""
     num, den = np.broadcast_arrays(np.asarray(num, dtype=float), np.asarray(den, dtype=float))
     return np.divide(num, den, out=np.zeros(num.shape), where=den != 0)
 
@@ -218,7 +218,7 @@ def weighted_metrics(weights: np.ndarray, y_true: np.ndarray, y_score: np.ndarra
                      names: Sequence[str], rank_score: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Metrics `names` on each resample given as document weights (B, n_docs); a row of ones is the test set.
 
-    Same definitions as coder.metrics.all_metrics (macro over codes with a positive in the resample;
+    Same definitions as coder.evaluation.metrics.all_metrics (macro over codes with a positive in the resample;
     AUC and P@k/R@k ordered by `rank_score`, the raw logits, where given).
     """
     y, s = np.asarray(y_true, dtype=bool), np.asarray(y_score)
@@ -325,7 +325,7 @@ def report(paths: Sequence[str | Path], a: str | None = None, b: str | None = No
                 continue
             ra, rb = groups[(source, dataset, sa)], groups[(source, dataset, sb)]
             # A metric a run leaves out of its metrics.json (full-label AUC after a candidate cut,
-            # coder.rerank) is not recomputed from its scores either.
+            # coder.retrieval.rerank) is not recomputed from its scores either.
             names = [m for m in ci_names if all(m in r.metrics for r in ra + rb)]
             if not names:
                 continue

@@ -8,7 +8,7 @@ most are rare, as in MIMIC. Every label is mentioned through language only, neve
 its ICD titles, UMLS synonyms or LRABR abbreviations from the graph, in varied seeded templates.
 Hard negatives make the reading non-trivial: a sibling of a label mentioned as negated or as past
 history, and family history of unrelated codes. The output has the same layout as
-`kept data mimic`, with -50 and -rare50 sets derived by the same rules (coder/datasets.py).
+`kept data mimic`, with -50 and -rare50 sets derived by the same rules (coder/data/datasets.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import networkx as nx
 import numpy as np
 from tqdm import tqdm
 
-from coder.datasets import SPLITS, Document, derive_sets, seeded_split, write_dataset
-from coder.notes import preprocess
+from coder.data.datasets import SPLITS, Document, derive_sets, seeded_split, write_dataset
+from coder.data.notes import preprocess
 from kept.errors import KeptError
 from kgraph.codes import undotted
 from kgraph.query import siblings, terms_of

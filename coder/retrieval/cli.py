@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 def cmd_index(args: argparse.Namespace) -> int:
     import kgraph
-    from coder.retrieval import IndexConfig, build_index
+    from coder.retrieval.candidates import IndexConfig, build_index
 
     config = IndexConfig(pooling=args.pooling, max_length=args.max_length, batch_size=args.batch_size,
                          index_type=args.index_type, all_codes=args.all_codes, gpu=args.gpu, device=args.device)
@@ -26,7 +26,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
-    from coder.retrieval import RetrieveConfig, retrieve
+    from coder.retrieval.candidates import RetrieveConfig, retrieve
 
     config = RetrieveConfig(top_k=args.top_k, chunk_tokens=args.chunk_tokens, chunk_stride=args.chunk_stride,
                             k_terms=args.k_terms, aggregate=args.aggregate, top_m=args.top_m,
@@ -45,7 +45,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
 
 
 def cmd_rerank(args: argparse.Namespace) -> int:
-    from coder.rerank import format_comparison, run_rerank
+    from coder.retrieval.rerank import format_comparison, run_rerank
 
     ks = tuple(int(k) for k in args.ks.split(","))
     results = run_rerank(args.candidates, args.data, args.out, args.model, k=args.top_k, ks=ks,

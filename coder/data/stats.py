@@ -12,7 +12,7 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Callable
 
-from coder.datasets import SETS, SPLITS, code_counts, read_codes, read_split
+from coder.data.datasets import SETS, SPLITS, code_counts, read_codes, read_split
 from kept.errors import InputFileError
 
 LIMITS = (512, 4096, 8192)  # the paper's %Doc rows

@@ -119,7 +119,7 @@ def fit_note(tokenizer, text: str, note_ids: list[int], budget: int) -> list[int
     """Fit a note into `budget` tokens: when too long, keep the paper's sections first, then cut."""
     if len(note_ids) <= budget:
         return note_ids
-    from coder.notes import truncate_sections
+    from coder.data.notes import truncate_sections
 
     kept = truncate_sections(text, limit=budget, length=lambda t: len(encode_note(tokenizer, t)),
                              hard_cut=False)

@@ -1,5 +1,5 @@
 """Hierarchical evaluation over the kept graph: exact match scores 250.00-for-250.01 like 038.9-for-250.01;
-these metrics do not. Plain numpy/scipy functions over (docs, codes) arrays (no torch), like coder.metrics.
+these metrics do not. Plain numpy/scipy functions over (docs, codes) arrays (no torch), like coder.evaluation.metrics.
 
 Definitions (docs/coder.md has them with worked numbers):
 
@@ -15,7 +15,7 @@ Definitions (docs/coder.md has them with worked numbers):
   sibling (same parent node), same_category, same_section, same_chapter, else unrelated.
 
 Edge cases:
-- A zero denominator gives 0 (as coder.metrics): P with nothing predicted, every FP share when a
+- A zero denominator gives 0 (as coder.evaluation.metrics): P with nothing predicted, every FP share when a
   split has no false positive.
 - ICD-9-CM procedures (volume 3) have no sections: section-level figures count diagnoses only,
   and a procedure FP goes from same_category straight to same_chapter.
@@ -37,7 +37,7 @@ import networkx as nx
 import numpy as np
 from scipy import sparse
 
-from coder.metrics import _safe_div
+from coder.evaluation.metrics import _safe_div
 from kgraph.query import ancestors
 
 __all__ = ["LEVELS", "KINDS", "DISTANCES", "SUMMARY_NAMES", "TABLE_NAMES", "CodePlace", "place", "load_hierarchy",

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from coder.embed import Encoder, load_encoder
+from coder.retrieval.embed import Encoder, load_encoder
 from kept.errors import InputFileError, KeptError
 from kept.io import atomic_dir, atomic_path, atomic_write, check_out_dir, dump_json
 
@@ -252,7 +252,7 @@ class RetrieveConfig:
     temperature: float = 0.05  # logsumexp temperature (cosine units)
     batch_notes: int = 32
     batch_size: int = 64  # chunks per encoder batch
-    # Span first stage (coder/hybrid.py); method "dense" with chunking "tokens" is search_notes.
+    # Span first stage (coder/retrieval/hybrid.py); method "dense" with chunking "tokens" is search_notes.
     method: str = "hybrid"  # dense | lexical | hybrid | rrf (docs/retrieval.md has the measurements)
     chunking: str = "sentence"  # sentence | words | tokens (chunk_tokens / chunk_stride)
     span_words: int = 24  # words per span (a longer sentence is cut into windows of this size)
@@ -397,7 +397,7 @@ def retrieve(index_dir: str | Path, set_dir: str | Path, out_dir: str | Path, co
     `restrict`: rank only the set's own label list (codes.txt), as the full-MIMIC setting does;
     without it every indexed code competes and gold codes outside the index count as misses.
     """
-    from coder.datasets import read_codes, read_split
+    from coder.data.datasets import read_codes, read_split
 
     config = config or RetrieveConfig()
     ti = load_index(index_dir, False)
@@ -406,7 +406,7 @@ def retrieve(index_dir: str | Path, set_dir: str | Path, out_dir: str | Path, co
         ti.index, ti.cpu_index = to_gpu(ti.index, encoder.device), ti.index
     if encoder.dim != ti.meta["dim"]:
         raise KeptError(f"encoder dim {encoder.dim} differs from the index's {ti.meta['dim']}")
-    from coder.hybrid import first_stage, load_lexical
+    from coder.retrieval.hybrid import first_stage, load_lexical
 
     lex = load_lexical(ti) if config.method in ("lexical", "hybrid", "rrf") else None
     label_space = read_codes(set_dir)

@@ -1,4 +1,4 @@
-"""`kept data mimic | synth | stats`: thin argparse wrappers over coder.mimic, coder.synth, coder.stats."""
+"""`kept data mimic | synth | stats`: thin argparse wrappers over coder.data.mimic, coder.data.synth, coder.data.stats."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def read_code_list(path: str) -> tuple[str, ...]:
 
 
 def run_mimic(args: argparse.Namespace) -> int:
-    from coder.mimic import MimicConfig, prepare_mimic
+    from coder.data.mimic import MimicConfig, prepare_mimic
 
     exclude = read_code_list(args.rare_exclude) if args.rare_exclude else None
     cfg = load_config(MimicConfig, args.config, "mimic", {
@@ -76,7 +76,7 @@ def run_mimic(args: argparse.Namespace) -> int:
 
 def run_synth(args: argparse.Namespace) -> int:
     import kgraph
-    from coder.synth import SynthConfig, prepare_synth
+    from coder.data.synth import SynthConfig, prepare_synth
 
     cfg = load_config(SynthConfig, args.config, "synth", {
         "docs": args.docs, "seed": args.seed, "words_min": args.words_min,
@@ -93,7 +93,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from coder.stats import print_stats
+    from coder.data.stats import print_stats
 
     print(print_stats(args.data_dir, as_json=args.json, tokenizer=args.tokenizer))
     return 0
@@ -143,7 +143,7 @@ def register(subparsers) -> None:
     m.add_argument("--chunksize", type=positive_int, help="NOTEEVENTS rows read at a time (default 20000)")
     _rare_args(m)
     m.set_defaults(func=run_mimic)
-    config_defaults(m, "coder.mimic:MimicConfig")
+    config_defaults(m, "coder.data.mimic:MimicConfig")
 
     s = sub.add_parser("synth", help="licence-free synthetic discharge summaries in MIMIC's layout")
     s.add_argument("--graph", help="graph folder from `kept graph build` "
@@ -162,7 +162,7 @@ def register(subparsers) -> None:
                         "code each; default); rule = the paper's rule over the corpus")
     _rare_args(s)
     s.set_defaults(func=run_synth)
-    config_defaults(s, "coder.synth:SynthConfig")
+    config_defaults(s, "coder.data.synth:SynthConfig")
 
     st = sub.add_parser("stats", help="Table A.2 statistics of a data set")
     st.add_argument("data_dir", help="data-set folder written by `kept data mimic` or `synth`")

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from coder.modeling import (CoderConfig, PromptCoder, amp_dtype, autocast, load_mlm, load_tokenizer,
                             model_max_length, pick_device, read_coder_file)
-from coder.prompts import EncodedPrompt, Example, build_examples, build_prompts, collate, make_batches
-from coder.verbalizer import build_verbalizer
+from coder.models.prompts import EncodedPrompt, Example, build_examples, build_prompts, collate, make_batches
+from coder.models.verbalizer import build_verbalizer
 from kept.io import atomic_path, atomic_write, dump_json
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def build_scorer(head: str, model_path: str | Path, tokenizer, verbalizer: Seque
     if head == "prompt":
         v = build_verbalizer(tokenizer, verbalizer, verbalizer_form)
         return PromptCoder(load_mlm(model_path), v.yes_id, v.no_id)
-    from coder.label_attention import LabelAttentionCoder
+    from coder.models.label_attention import LabelAttentionCoder
 
     return LabelAttentionCoder.load(model_path)
 
@@ -62,7 +62,7 @@ def load_coder(path: str | Path, device: str = "auto") -> Coder:
     info = read_coder_file(path)
     config: CoderConfig = info["config"]
     if info["head"] == "tfidf-lr":
-        from coder.tfidf import TfidfLR
+        from coder.models.tfidf import TfidfLR
 
         return Coder(TfidfLR.load(path), None, config, info["codes"], info["descriptions"], info["threshold"],
                      torch.device("cpu"), 0)
@@ -149,9 +149,9 @@ def evaluate_checkpoint(checkpoint: str | Path, set_dir: str | Path, out_dir: st
                         ks: Sequence[int] = (5, 8, 15), system: str | None = None, device: str = "auto",
                         max_docs: int | None = None) -> dict:
     """Score `split` of a set at the checkpoint's dev-tuned threshold; write metrics.json + scores."""
-    from coder.datasets import read_codes, read_split
-    from coder.metrics import all_metrics
-    from coder.prompts import code_descriptions
+    from coder.data.datasets import read_codes, read_split
+    from coder.evaluation.metrics import all_metrics
+    from coder.models.prompts import code_descriptions
 
     coder = load_coder(checkpoint, device)
     set_dir = Path(set_dir)
@@ -176,7 +176,7 @@ def write_eval(out_dir: str | Path, system: str, set_dir: Path, split: str, seed
                graph: str | None = None, logits: np.ndarray | None = None) -> dict:
     """The run layout every scorer writes (metrics.json + <split>_scores.npz), so `kept report`
     compares any two systems the same way; the hierarchical figures over `graph` are added."""
-    from coder.hierarchy_metrics import hierarchical_block
+    from coder.evaluation.hierarchy_metrics import hierarchical_block
 
     hierarchical = hierarchical_block(y, scores >= threshold, list(codes), graph)
     meta_file = Path(set_dir).parent / "dataset.json"

@@ -6,7 +6,7 @@ Codes outside a note's candidates get score 0, so they all tie at the bottom: AU
 label space would mostly measure the first stage's cut (PITFALLS.md). Metrics therefore carry
 `candidate_micro_auc` / `candidate_macro_auc` (over candidate cells only) instead of full-label AUC;
 every other metric (F1, P@k, R@k) is over the whole label space, gold codes missed by the first
-stage counting as misses. Graph-aware figures (coder.hierarchy_metrics) go under "hierarchical".
+stage counting as misses. Graph-aware figures (coder.evaluation.hierarchy_metrics) go under "hierarchical".
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from coder.hierarchy_metrics import SUMMARY_NAMES, hierarchical_block
-from coder.retrieval import read_candidates
+from coder.evaluation.hierarchy_metrics import SUMMARY_NAMES, hierarchical_block
+from coder.retrieval.candidates import read_candidates
 from kept.errors import KeptError
 from kept.io import atomic_path, atomic_write, dump_json
 
@@ -66,11 +66,11 @@ def stage1_probability(cosine: np.ndarray) -> np.ndarray:
 
 def rerank_scores(coder, texts: Sequence[str], cand_codes: Sequence[Sequence[str]],
                   descriptions: dict[str, str], progress: bool = True) -> list[np.ndarray]:
-    """P(code | note) for each note's candidates with a loaded coder (coder.evaluate.Coder).
+    """P(code | note) for each note's candidates with a loaded coder (coder.evaluation.evaluate.Coder).
 
     Candidates go in rank order (no shuffle at inference), `coder.config.prompt_codes` per prompt.
     """
-    from coder.evaluate import score_codes
+    from coder.evaluation.evaluate import score_codes
 
     out = []
     for text, codes in tqdm(list(zip(texts, cand_codes)), desc="reranking", disable=not progress, leave=False):
@@ -85,8 +85,8 @@ def rerank_scores(coder, texts: Sequence[str], cand_codes: Sequence[Sequence[str
 def check_prompt_room(coder, cand_codes: Sequence[Sequence[str]], descriptions: dict[str, str]) -> None:
     """Fail before any scoring when some note's candidate prompt would leave no room for the note
     (KeptError naming --prompt-codes), rather than after scoring a whole split."""
-    from coder.evaluate import effective_max_length
-    from coder.prompts import MIN_NOTE_TOKENS, _end_id, chunk_codes, encode_prompt
+    from coder.evaluation.evaluate import effective_max_length
+    from coder.models.prompts import MIN_NOTE_TOKENS, _end_id, chunk_codes, encode_prompt
 
     max_length = effective_max_length(coder.model, coder.config)
     room = max_length - MIN_NOTE_TOKENS - (_end_id(coder.tokenizer) is not None)
@@ -107,7 +107,7 @@ def check_prompt_room(coder, cand_codes: Sequence[Sequence[str]], descriptions: 
 def candidate_auc(y_true: np.ndarray, y_score: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """AUC over candidate cells only: micro (all candidate cells) and macro (per code, over the notes
     that have it as a candidate, codes with both classes there)."""
-    from coder.metrics import micro_auc
+    from coder.evaluation.metrics import micro_auc
 
     y = np.asarray(y_true, dtype=np.uint8)
     micro = micro_auc(y[mask][None, :], y_score[mask][None, :]) if mask.any() else float("nan")
@@ -125,7 +125,7 @@ def candidate_auc(y_true: np.ndarray, y_score: np.ndarray, mask: np.ndarray) -> 
 def evaluate_scores(dev: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray, np.ndarray],
                     ks: Sequence[int] = (8, 15)) -> tuple[float, dict]:
     """(y_true, scores, candidate mask) of dev and test -> dev-tuned threshold, test metrics."""
-    from coder.metrics import all_metrics, tune_threshold
+    from coder.evaluation.metrics import all_metrics, tune_threshold
 
     y_dev, s_dev, m_dev = dev
     # Thresholds between candidate scores only: every non-candidate scores 0 and is never predicted.
@@ -167,8 +167,8 @@ def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | P
     Writes OUT/faiss-stage1/ and OUT/faiss+kept-rerank/ (metrics.json + test_scores.npz, the run
     layout `kept report` reads) and OUT/reranked_{dev,test}.parquet; returns {system: metrics.json}.
     """
-    from coder.datasets import read_codes, read_split
-    from coder.evaluate import label_matrix
+    from coder.data.datasets import read_codes, read_split
+    from coder.evaluation.evaluate import label_matrix
 
     cdir = Path(candidates_dir)
     cdir = cdir.parent if cdir.is_file() else cdir
@@ -179,8 +179,8 @@ def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | P
         else "unknown"
     coder = None
     if checkpoint is not None:
-        from coder.evaluate import load_coder
-        from coder.prompts import code_descriptions
+        from coder.evaluation.evaluate import load_coder
+        from coder.models.prompts import code_descriptions
 
         coder = load_coder(checkpoint, device)
         if prompt_codes:

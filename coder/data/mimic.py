@@ -7,9 +7,9 @@ PROCEDURES_ICD, SEQ_NUM order, duplicates removed) with their dots restored by k
 `401.9`, `E8788` -> `E878.8`, procedure `9671` -> `96.71` (diagnosis `9671` is `967.1`).
 
 MIMIC-III-rare50 is, by default, KEPT's own set (`rare50="kept"`): the 249 / 20 / 142 admissions
-listed in KEPT's release (shipped in `coder/data/`), each with its note as built here and its
+listed in KEPT's release (shipped in `coder/data/kept_rare50/`), each with its note as built here and its
 LABELS replaced by the listed rare codes, as KEPT does. `rare50="rule"` derives a set from the
-paper's rule instead (`coder.datasets.select_rare50`).
+paper's rule instead (`coder.data.datasets.select_rare50`).
 
 Nothing is dropped silently: every skipped row or document is counted, logged and written to
 `dataset.json` under "warnings".
@@ -26,8 +26,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from coder.datasets import SPLITS, Document, derive_sets, seeded_split, write_dataset
-from coder.notes import preprocess
+from coder.data.datasets import SPLITS, Document, derive_sets, seeded_split, write_dataset
+from coder.data.notes import preprocess
 from kept.errors import InputFileError, KeptError
 from kept.io import input_error, is_gzip
 from kgraph.codes import DX, PROC, normalize_code
@@ -46,8 +46,9 @@ SPLIT_FILES = {(size, s): f"{s}_{size}_hadm_ids.csv" for size in ("full", "50") 
 # CAML's full split sizes 47,723 / 1,631 / 3,372, as fractions, for the seeded fallback split.
 CAML_FRACTIONS = (0.905, 0.031, 0.064)
 RARE50_VARIANTS = ("kept", "rule")
-KEPT_RARE50_SPLITS = Path(__file__).resolve().parent / "data" / "kept_rare50_splits.csv"
-KEPT_RARE50_CODES = Path(__file__).resolve().parent / "data" / "kept_rare50_codes.txt"
+KEPT_RARE50 = Path(__file__).resolve().parent / "kept_rare50"  # package data (MIT, README.md there)
+KEPT_RARE50_SPLITS = KEPT_RARE50 / "kept_rare50_splits.csv"
+KEPT_RARE50_CODES = KEPT_RARE50 / "kept_rare50_codes.txt"
 
 
 @dataclass
@@ -341,7 +342,7 @@ def prepare_mimic(mimic_dir: str | Path, out_dir: str | Path, splits_dir: str | 
             f"{len(cfg.rare_exclude)} excluded, "
             f"ranked by test/train ratio, ties by seeded shuffle, top {cfg.rare_n}")
     if rare is not None:
-        rule = ("KEPT's released lists (249/20/142 admissions, 50 codes; coder/data/kept_rare50_splits.csv): "
+        rule = ("KEPT's released lists (249/20/142 admissions, 50 codes; coder/data/kept_rare50/kept_rare50_splits.csv): "
                 "each listed admission's note, LABELS replaced by the listed rare codes")
     meta = {"source": "mimic-iii", "seed": cfg.seed, "split_rule": split_rule,
             "top50_rule": f"{cfg.top_n} most frequent codes over train+dev+test (CAML)",

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from coder.evaluate import build_scorer, effective_max_length, label_matrix, predict_examples
+from coder.evaluation.evaluate import build_scorer, effective_max_length, label_matrix, predict_examples
 from coder.modeling import (CoderConfig, PromptCoder, amp_dtype, autocast, enable_checkpointing, lm_head_module,
                             load_tokenizer, set_trainable, write_coder_file)
-from coder.prompts import build_examples, build_prompts, code_descriptions, collate, make_batches
+from coder.models.prompts import build_examples, build_prompts, code_descriptions, collate, make_batches
 from kept.device import Dist, load_scaler_state, make_scaler, maybe_no_sync, optimizer_step
 from kept.errors import InputFileError, KeptError
 from kept.io import atomic_dir, atomic_path, atomic_write, dump_json
@@ -52,7 +52,7 @@ def _save_checkpoint(model, tokenizer, out: Path, config: CoderConfig, codes, de
 
 
 def _dev_eval(model, tokenizer, examples, prompts, docs, codes, config, device) -> tuple[float, dict]:
-    from coder.metrics import all_metrics, tune_threshold
+    from coder.evaluation.metrics import all_metrics, tune_threshold
 
     if hasattr(model, "clear_code_cache"):
         model.clear_code_cache()
@@ -110,7 +110,7 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     """
     from transformers import get_linear_schedule_with_warmup
 
-    from coder.datasets import read_codes, read_split
+    from coder.data.datasets import read_codes, read_split
 
     config.validate()
     set_dir, out = Path(set_dir), Path(out_dir)
@@ -126,7 +126,7 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
         raise InputFileError(set_dir / "train.csv", "no documents: nothing to train on "
                              "(use --epochs 0 for zero-shot scores)")
     if config.head == "tfidf-lr":  # no network, no epochs: fitted in one go
-        from coder.tfidf import train_tfidf
+        from coder.models.tfidf import train_tfidf
 
         clear_stale_evaluations(out)
         return train_tfidf(set_dir, out, config, codes, train_docs, dev_docs)

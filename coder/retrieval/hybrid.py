@@ -1,7 +1,7 @@
 """First stage over note spans, with evidence: dense (FAISS), lexical (TF-IDF) or both fused.
 
-A note is cut into spans (sentences by default, coder/spans.py); every span is a query against
-every term of every code, dense through the FAISS term index and lexical through coder/lexical.py.
+A note is cut into spans (sentences by default, coder/retrieval/spans.py); every span is a query against
+every term of every code, dense through the FAISS term index and lexical through coder/retrieval/lexical.py.
 A (span, code) pair scores the code's best term in that span; a code scores its best span, and
 that span (character offsets into the note as given) is the code's evidence.
 
@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from coder.spans import note_spans, span_texts
+from coder.retrieval.spans import note_spans, span_texts
 from kept.errors import KeptError
 
 __all__ = ["METHODS", "NoteHits", "best_per_code", "first_stage", "fuse_pairs", "load_lexical", "rrf_fuse",
@@ -186,7 +186,7 @@ def _max_tokens(config) -> int:
 
 def load_lexical(ti):
     """The TF-IDF half of the hybrid first stage, fitted on the index's own term table."""
-    from coder.lexical import build_lexical
+    from coder.retrieval.lexical import build_lexical
 
     return build_lexical(ti.terms["term"].tolist())
 
@@ -196,7 +196,7 @@ def first_stage(ti, encoder, lex, texts: Sequence[str], config, allowed: np.ndar
     """(code indices, scores) per note: search_notes for dense token windows (exact, batched over
     notes), the span search above for every other method and chunking."""
     if config.method == "dense" and config.chunking == "tokens":
-        from coder.retrieval import search_notes
+        from coder.retrieval.candidates import search_notes
 
         return search_notes(ti, encoder, texts, config, allowed, progress)
     return [(h.codes, h.scores) for h in search_spans(ti, encoder, lex, texts, config, allowed, progress)]

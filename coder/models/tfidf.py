@@ -114,13 +114,13 @@ class TfidfLR:
 
 
 def train_tfidf(set_dir: Path, out: Path, config, codes: list[str], train_docs, dev_docs) -> dict:
-    """`kept coder train --head tfidf-lr` (called by `coder.train.train_coder`, which reads and
+    """`kept coder train --head tfidf-lr` (called by `coder.training.train_coder`, which reads and
     checks the set): fit on train, tune the threshold on dev, write OUT/best in the same layout as
     the neural coders (kept_coder.json beside the weights) and history.json."""
-    from coder.evaluate import label_matrix
-    from coder.metrics import all_metrics, tune_threshold
+    from coder.evaluation.evaluate import label_matrix
+    from coder.evaluation.metrics import all_metrics, tune_threshold
     from coder.modeling import write_coder_file
-    from coder.prompts import code_descriptions
+    from coder.models.prompts import code_descriptions
     from kept.io import atomic_dir, atomic_write, dump_json
 
     model = TfidfLR.fit([d.text for d in train_docs], [d.labels for d in train_docs], codes,

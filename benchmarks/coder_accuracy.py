@@ -48,7 +48,7 @@ def ensure_data(args) -> Path:
 def long_models(args) -> dict[str, Path]:
     """The MiniLM (and HSAP) encoders as 1,024-token Longformer MLMs, made once."""
     from coder.models.longify import longify
-    from contrastive.encoder import default_model_path
+    from kept.hf import default_model_path
 
     out = {}
     for name, src in (("minilm", default_model_path()), ("hsap", args.hsap)):
@@ -62,7 +62,7 @@ def long_models(args) -> dict[str, Path]:
 
 
 def coder_config(system: str, seed: int, args):
-    from coder.modeling import CoderConfig
+    from coder.config import CoderConfig
 
     head = {"tfidf-lr": "tfidf-lr", "label-attention": "label-attention"}.get(system, "prompt")
     epochs = 0 if system == "kept-prompt-zeroshot" else args.epochs
@@ -90,10 +90,12 @@ def faiss_zeroshot(set_dir: Path, out: Path, index_dir: Path, system: str, args)
     import numpy as np
 
     from coder.data.datasets import read_codes, read_split
-    from coder.evaluation.evaluate import label_matrix, write_eval
+    from coder.data.datasets import label_matrix
+    from coder.evaluation.evaluate import write_eval
     from coder.evaluation.metrics import all_metrics, tune_threshold
-    from coder.retrieval.candidates import IndexConfig, RetrieveConfig, build_index, read_candidates, retrieve
-    from contrastive.encoder import default_model_path
+    from coder.retrieval.candidates import RetrieveConfig, read_candidates, retrieve
+    from coder.retrieval.index import IndexConfig, build_index
+    from kept.hf import default_model_path
 
     if not (index_dir / "index.json").is_file():
         build_index(default_model_path(), index_dir, None, IndexConfig())

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 
-from coder.evaluation.evaluate import build_scorer
-from coder.modeling import autocast, amp_dtype, load_config, load_tokenizer, model_max_length, pick_device
+from coder.models.scorer import build_scorer
+from coder.config import load_config
+from kept.device import amp_dtype, autocast, resolve_device
+from kept.hf import load_tokenizer, model_max_length
 from coder.models.prompts import Example, build_prompts, collate
 
 
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lengths = [int(x) for x in args.lengths.split(",")]
     strides = [int(x) for x in args.strides.split(",")]
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     repeats = args.repeats or (5 if device.type == "cuda" else 1)
     model_dir = Path(args.model) if args.model else _demo_model(max(lengths))
     tok = load_tokenizer(model_dir)

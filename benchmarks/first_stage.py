@@ -50,7 +50,7 @@ class CachedEncoder:
         todo = [p for p in dict.fromkeys(pieces) if (p, _max_tokens(config)) not in self.cache]
         t0 = time.perf_counter()
         if todo:
-            for p, v in zip(todo, self.encoder.encode(todo, _max_tokens(config), 64)):
+            for p, v in zip(todo, self.encoder.embed(todo, 64, max_length=_max_tokens(config))):
                 self.cache[(p, _max_tokens(config))] = v
         return time.perf_counter() - t0
 
@@ -73,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from coder.data.datasets import read_codes, read_split
-    from coder.retrieval.embed import load_encoder
+    from kept.encoder import load_encoder
     from coder.retrieval.hybrid import first_stage, load_lexical
-    from coder.retrieval.candidates import RetrieveConfig, load_index, recall_at_k
+    from coder.retrieval.candidates import RetrieveConfig, recall_at_k
+    from coder.retrieval.index import load_index
 
     ti = load_index(args.index, gpu=False)
     encoder = load_encoder(ti.meta["model"], ti.meta["pooling"], "cpu")

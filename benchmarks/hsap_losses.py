@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import kgraph
-    from contrastive.encoder import TermEncoder
+    from kept.encoder import TermEncoder
     from contrastive.evaluate import eval_set, evaluate
     from contrastive.sampling import heldout_split
     from contrastive.train import HSAPConfig, train

@@ -40,14 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto")
     args = ap.parse_args(argv)
 
-    from contrastive.encoder import TermEncoder
     from contrastive.losses import HierarchicalTripletLoss, InfoNCELoss
     from contrastive.sampling import BatchSampler, SamplerConfig, heldout_split
-    from contrastive.train import HSAPConfig, _amp_dtype, load_graph_for
+    from contrastive.train import HSAPConfig, load_graph_for
     from contrastive.triplets import sampler_triplets
+    from kept.device import amp_dtype
+    from kept.encoder import TermEncoder
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp = _amp_dtype(HSAPConfig(amp=args.amp), device)
+    amp = amp_dtype(device, HSAPConfig(amp=args.amp).amp)
     G = load_graph_for(None)
     heldout = heldout_split(G, 0.1, 0)
     enc = TermEncoder.load(args.model, max_length=args.max_length)

@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
 
     from coder.data.datasets import read_codes, read_split
-    from coder.retrieval.embed import load_encoder
-    from coder.retrieval.candidates import (IndexConfig, RetrieveConfig, load_index, make_index, recall_at_k,
-                                 search_notes)
+    from kept.encoder import load_encoder
+    from coder.retrieval.candidates import RetrieveConfig, recall_at_k, search_notes
+    from coder.retrieval.index import IndexConfig, load_index, make_index
 
     ti = load_index(args.index, gpu=False)
     x = ti.index.reconstruct_n(0, ti.index.ntotal)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     docs = [d for s in ("test", "dev", "train") for d in read_split(args.data, s)][:args.encode_notes]
     pieces = [enc.chunk_ids(d.text, args.chunk_tokens, args.chunk_stride) for d in docs]
     flat_pieces = [p for ps in pieces for p in ps]
-    q_real, t_enc = timed(enc.encode_ids, flat_pieces, 64)
+    q_real, t_enc = timed(enc.embed_ids, flat_pieces, 64)
     per_note = len(flat_pieces) / len(docs)
     emit(result="chunk_embedding", notes=len(docs), chunks=len(flat_pieces), chunks_per_note=round(per_note, 2),
          seconds=round(t_enc, 2), chunks_per_s=round(len(flat_pieces) / t_enc, 1),

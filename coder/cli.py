@@ -9,7 +9,7 @@ import os
 from coder.retrieval import cli as retrieval_cli
 from kept.argtypes import (nonnegative_int, positive_float, positive_int, positive_int_list,
                            probability)
-from kept.cli import config_defaults
+from kept.cli import config_defaults, force_option, graph_option
 
 
 def cmd_longify(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def cmd_longify(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace):
-    from coder.modeling import load_config
+    from coder.config import load_config
 
     verbalizer = tuple(w.strip() for w in args.verbalizer.split(",")) if args.verbalizer else None
     return load_config(
@@ -77,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from coder.evaluation.evaluate import load_coder
+    from coder.models.scorer import load_coder
     from coder.predict import format_predictions, predict_note, read_note
 
     coder = load_coder(args.checkpoint, args.device)
@@ -101,8 +101,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
-    """train / eval / predict; other modules add theirs to the same `coder_sub`."""
+def _add_train(coder_sub: argparse._SubParsersAction) -> None:
     p = coder_sub.add_parser("train", help="fine-tune the prompted coder (or the label-attention baseline)")
     p.add_argument("--data", required=True, help="set directory (e.g. DATA/50) with train/dev csv and codes.txt")
     p.add_argument("--model", help="masked-LM checkpoint folder (e.g. from `kept model longify`); "
@@ -131,13 +130,14 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--device")
     p.add_argument("--seed", type=int)
-    p.add_argument("--graph", help="graph folder for code descriptions "
-                                   "(default: $KEPT_GRAPH, else the bundled ICD-9-CM titles)")
+    graph_option(p, " for code descriptions")
     p.add_argument("--max-docs", type=positive_int, help="use only the first N train and dev notes (smoke runs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.set_defaults(func=cmd_train)
-    config_defaults(p, "coder.modeling:CoderConfig", {"train": "train_mode"})
+    config_defaults(p, "coder.config:CoderConfig", {"train": "train_mode"})
 
+
+def _add_eval(coder_sub: argparse._SubParsersAction) -> None:
     p = coder_sub.add_parser("eval", help="metrics of a trained coder on a split (threshold tuned on dev)")
     p.add_argument("--checkpoint", required=True, help="a coder folder (OUT/best of `kept coder train`)")
     p.add_argument("--data", required=True, help="set directory")
@@ -150,6 +150,8 @@ def add_coder_commands(coder_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print metrics.json instead of the table")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_predict(coder_sub: argparse._SubParsersAction) -> None:
     p = coder_sub.add_parser("predict", help="codes of one note, with probabilities and descriptions")
     p.add_argument("note", help="a plain-text note file")
     p.add_argument("--checkpoint", required=True)
@@ -177,13 +179,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--attention-window", type=positive_int,
                    help="sliding window, even (default 512; a Longformer source keeps its own)")
     p.add_argument("--out", required=True)
-    p.add_argument("--force", action="store_true",
-                   help="replace --out even if it is a file or a folder kept did not write")
+    force_option(p)
     p.set_defaults(func=cmd_longify)
     model.set_defaults(func=lambda a: model.print_help() or 2)
 
     coder = subparsers.add_parser("coder", help="train, evaluate and apply the prompted ICD coder")
     coder_sub = coder.add_subparsers(dest="coder_command", metavar="COMMAND")
-    add_coder_commands(coder_sub)
-    retrieval_cli.register(coder_sub)  # index / retrieve / rerank live beside what they drive
+    # train / eval / predict here; index / retrieve / rerank beside what they drive
+    for add in (_add_train, _add_eval, _add_predict, *retrieval_cli.COMMANDS):
+        add(coder_sub)
     coder.set_defaults(func=lambda a: coder.print_help() or 2)

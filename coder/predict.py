@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from coder.evaluation.evaluate import Coder, load_coder, score_codes
+from coder.models.scorer import Coder, load_coder, score_codes
 from kept.errors import InputFileError, require_file
 
 
@@ -69,7 +69,8 @@ def predict_with_index(coder: Coder | str | Path, index_dir: str | Path, text: s
     from coder.retrieval.hybrid import load_lexical, search_spans
     from coder.data.notes import preprocess
     from coder.models.prompts import code_descriptions
-    from coder.retrieval.candidates import RetrieveConfig, load_index
+    from coder.retrieval.candidates import RetrieveConfig
+    from coder.retrieval.index import load_index
 
     if not isinstance(coder, Coder):
         coder = load_coder(coder, device)
@@ -77,7 +78,7 @@ def predict_with_index(coder: Coder | str | Path, index_dir: str | Path, text: s
     ti = load_index(index_dir)
     encoder = None
     if config.method != "lexical":
-        from coder.retrieval.embed import load_encoder
+        from kept.encoder import load_encoder
 
         encoder = load_encoder(model or ti.meta["model"], ti.meta["pooling"], device)
     lex = load_lexical(ti) if config.method != "dense" else None

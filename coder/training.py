@@ -1,10 +1,11 @@
 """`kept coder train`: fine-tune the prompted coder (or the label-attention baseline) on a set.
 
-Plain PyTorch: AdamW + linear warm-up, AMP and gradient checkpointing on GPU, gradient
-accumulation, dev evaluation every epoch, best checkpoint by dev micro-F1 (threshold tuned on dev),
-resumable from OUT/last. Test data are never read here. Under `torchrun` (WORLD_SIZE > 1) it trains
-with DDP, as the paper did on 2 A100s: each rank takes its share of every epoch's batches, rank 0
-evaluates and saves while the others wait.
+`CoderStep` is the coder's part of the shared loop (kept/trainer.py: AdamW + linear warm-up, AMP on
+GPU, gradient accumulation, clipping, DDP); this module adds what is the coder's own: gradient
+checkpointing, dev evaluation every epoch, the best checkpoint by dev micro-F1 (threshold tuned on
+dev), and OUT/last to resume from. Test data are never read here. Under `torchrun` (WORLD_SIZE > 1)
+it trains with DDP, as the paper did on 2 A100s: each rank takes its share of every epoch's batches,
+rank 0 evaluates and saves while the others wait.
 """
 
 from __future__ import annotations
@@ -12,20 +13,25 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from coder.evaluation.evaluate import build_scorer, effective_max_length, label_matrix, predict_examples
-from coder.modeling import (CoderConfig, PromptCoder, amp_dtype, autocast, enable_checkpointing, lm_head_module,
-                            load_tokenizer, set_trainable, write_coder_file)
+from coder.config import CoderConfig
+from coder.data.datasets import label_matrix
+from coder.models.checkpoint import save_coder
+from coder.models.prompt_coder import PromptCoder
 from coder.models.prompts import build_examples, build_prompts, code_descriptions, collate, make_batches
-from kept.device import Dist, load_scaler_state, make_scaler, maybe_no_sync, optimizer_step
+from coder.models.scorer import build_scorer, effective_max_length, predict_examples
+from coder.models.tuning import enable_checkpointing, lm_head_module, set_trainable
+from kept.device import Dist, amp_dtype
 from kept.errors import InputFileError, KeptError
-from kept.io import atomic_dir, atomic_path, atomic_write, dump_json
-from kept.rng import restore_rng_state, rng_state
+from kept.hf import load_tokenizer
+from kept.io import atomic_write, dump_json
+from kept.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +46,59 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _save_checkpoint(model, tokenizer, out: Path, config: CoderConfig, codes, descriptions, threshold,
-                     extra: dict) -> None:
-    with atomic_dir(out) as tmp:
-        if isinstance(model, PromptCoder):
-            model.mlm.save_pretrained(str(tmp))
-        else:
-            model.save(tmp)
-        tokenizer.save_pretrained(str(tmp))
-        write_coder_file(tmp, config, codes, descriptions, threshold, extra)
+class CoderStep:
+    """The coder's training step for the shared loop: one batch of examples (one prompt chunk each)
+    scored under autocast; BCE on logit(yes) - logit(no), which equals the cross-entropy of the
+    paper's yes/no softmax, in fp32."""
+
+    def __init__(self, scorer: torch.nn.Module, examples: list, prompts: list, pad_id: int, config: CoderConfig,
+                 device: torch.device):
+        self.scorer, self.examples, self.prompts, self.pad_id = scorer, examples, prompts, pad_id
+        self.config, self.device, self.with_masks = config, device, config.head == "prompt"
+        self.pos_weight = torch.tensor(config.pos_weight, device=device)
+
+    def forward(self, idx: list[int]):
+        exs = [self.examples[i] for i in idx]
+        batch = collate(exs, self.prompts[exs[0].chunk], self.pad_id, self.config.global_stride, self.with_masks)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        return self.scorer(batch), batch["labels"]
+
+    def loss(self, output) -> torch.Tensor:
+        logits, labels = output
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels,
+                                                                    pos_weight=self.pos_weight)
 
 
-def _dev_eval(model, tokenizer, examples, prompts, docs, codes, config, device) -> tuple[float, dict]:
+@dataclass
+class _Run:
+    """What one `train_coder` run holds between epochs."""
+
+    set_dir: Path
+    out: Path
+    config: CoderConfig
+    codes: list[str]
+    descriptions: dict[str, str]
+    tokenizer: object
+    model: torch.nn.Module
+    prompts: list
+    train_ex: list
+    dev_ex: list
+    dev_docs: list
+    dist: Dist
+    best_f1: float = -1.0
+    history: list = field(default_factory=list)
+
+
+def _dev_eval(run: _Run) -> tuple[float, dict]:
     from coder.evaluation.metrics import all_metrics, tune_threshold
 
-    if hasattr(model, "clear_code_cache"):
-        model.clear_code_cache()
+    if hasattr(run.model, "clear_code_cache"):
+        run.model.clear_code_cache()
 
-    scores = predict_examples(model, tokenizer, examples, prompts, len(docs), codes, config, device)
-    y = label_matrix(docs, codes)
-    threshold = tune_threshold(y, scores, grid=config.threshold_search)
+    scores = predict_examples(run.model, run.tokenizer, run.dev_ex, run.prompts, len(run.dev_docs), run.codes,
+                              run.config, run.dist.device)
+    y = label_matrix(run.dev_docs, run.codes)
+    threshold = tune_threshold(y, scores, grid=run.config.threshold_search)
     return threshold, all_metrics(y, scores, threshold)
 
 
@@ -101,21 +140,11 @@ def clear_stale_evaluations(out: Path) -> list[Path]:
     return stale
 
 
-def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path, config: CoderConfig,
-                resume: bool = False, max_docs: int | None = None) -> dict:
-    """Train on `set_dir`/train, select on dev; writes OUT/best (a loadable coder), OUT/last, history.
-
-    `epochs=0` evaluates the untrained model on dev (zero-shot) and saves it as OUT/best.
-    `max_docs` caps the train and dev documents (smoke runs).
-    """
-    from transformers import get_linear_schedule_with_warmup
-
+def read_set(set_dir: Path, config: CoderConfig, max_docs: int | None = None) -> tuple[list[str], list, list]:
+    """The set's label list, train and dev notes (the first `max_docs` of each); a set that leaves
+    nothing to pick a threshold on, or nothing to train on, stops here, before any model is loaded."""
     from coder.data.datasets import read_codes, read_split
 
-    config.validate()
-    set_dir, out = Path(set_dir), Path(out_dir)
-    last = out / "last"
-    _seed_all(config.seed)
     codes = read_codes(set_dir)
     train_docs = read_split(set_dir, "train")[:max_docs]
     dev_docs = read_split(set_dir, "dev")[:max_docs]
@@ -125,117 +154,140 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     if not train_docs and config.epochs:
         raise InputFileError(set_dir / "train.csv", "no documents: nothing to train on "
                              "(use --epochs 0 for zero-shot scores)")
+    return codes, train_docs, dev_docs
+
+
+def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path, config: CoderConfig,
+                resume: bool = False, max_docs: int | None = None) -> dict:
+    """Train on `set_dir`/train, select on dev; writes OUT/best (a loadable coder), OUT/last, history.
+
+    `epochs=0` evaluates the untrained model on dev (zero-shot) and saves it as OUT/best.
+    `max_docs` caps the train and dev documents (smoke runs).
+    """
+    config.validate()
+    set_dir, out = Path(set_dir), Path(out_dir)
+    _seed_all(config.seed)
+    codes, train_docs, dev_docs = read_set(set_dir, config, max_docs)
     if config.head == "tfidf-lr":  # no network, no epochs: fitted in one go
         from coder.models.tfidf import train_tfidf
 
         clear_stale_evaluations(out)
         return train_tfidf(set_dir, out, config, codes, train_docs, dev_docs)
+    run = _prepare(set_dir, out, model_path, config, codes, train_docs, dev_docs)
+    trainer = _trainer(run)
+    start_epoch = _resume(run, trainer) if resume else 0
+    if start_epoch == 0:
+        clear_stale_evaluations(out)
+    if config.epochs == 0 and run.dist.main:
+        _finish_epoch(run, 0, None)
+    for epoch in range(start_epoch, config.epochs):
+        epoch_loss = _train_epoch(run, trainer, epoch)
+        if run.dist.main:
+            _finish_epoch(run, epoch + 1, epoch_loss)
+            trainer.save(out / "last" / STATE_FILE, model=run.model.state_dict(), epoch=epoch + 1,
+                         best_f1=run.best_f1, history=run.history, config=config.__dict__)
+        run.dist.barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
+    return {"best_dev_micro_f1": run.best_f1, "epochs": len(run.history), "history": run.history,
+            "best": str(out / "best")}
+
+
+def _prepare(set_dir: Path, out: Path, model_path: str | Path, config: CoderConfig, codes: list[str],
+             train_docs: list, dev_docs: list) -> _Run:
+    """Tokenizer, scorer and every example, built once; the scorer on this rank's device with the
+    parameters `config.train_mode` names trainable."""
     descriptions = code_descriptions(codes, config.graph)
     tokenizer = load_tokenizer(model_path)
     model = build_scorer(config.head, model_path, tokenizer, config.verbalizer, config.verbalizer_form)
     max_length = effective_max_length(model, config)
-    with_masks = config.head == "prompt"
-    prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template, with_masks)
+    prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template,
+                            config.head == "prompt")
     t0 = time.time()
     train_ex = build_examples(tokenizer, [d.text for d in train_docs], [d.labels for d in train_docs],
                               prompts, max_length)
     dev_ex = build_examples(tokenizer, [d.text for d in dev_docs], None, prompts, max_length)
     log.info("%d train / %d dev examples, %d codes in %d prompt(s) of <= %d, max %d tokens (%.1fs)",
              len(train_ex), len(dev_ex), len(codes), len(prompts), config.prompt_codes, max_length, time.time() - t0)
-
     dist = Dist(config.device)
-    device = dist.device
-    head = getattr(model, "head", None)
     encoder = model.mlm if isinstance(model, PromptCoder) else model.encoder
-    n_train = set_trainable(encoder, config.train_mode, head)
+    n_train = set_trainable(encoder, config.train_mode, getattr(model, "head", None))
     log.info("training %s: %s trainable parameters (mode %s)", config.head, f"{n_train:,}", config.train_mode)
-    if device.type == "cuda" and config.gradient_checkpointing and not enable_checkpointing(encoder):
+    if dist.device.type == "cuda" and config.gradient_checkpointing and not enable_checkpointing(encoder):
         log.info("gradient checkpointing off: no encoder layer trains in mode %s", config.train_mode)
-    model.to(device)
-    dtype = amp_dtype(device, config.precision)
-    scaler = make_scaler(dtype)
+    model.to(dist.device)
+    return _Run(set_dir, out, config, codes, descriptions, tokenizer, model, prompts, train_ex, dev_ex, dev_docs,
+                dist)
 
-    n_batches = len(shard(make_batches(train_ex, config.batch_size, False), dist.rank, dist.world))
+
+def _trainer(run: _Run) -> Trainer:
+    """The shared loop around the coder: AdamW and a linear warm-up over every epoch's optimizer
+    steps; DDP around the scorer under torchrun (`run.model` itself is what rank 0 evaluates and saves)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    config, dist = run.config, run.dist
+    n_batches = len(shard(make_batches(run.train_ex, config.batch_size, False), dist.rank, dist.world))
     steps_per_epoch = math.ceil(n_batches / config.grad_accum)
     if dist.world > 1 and dist.main:
         log.info("DDP over %d processes: %d batches per rank per epoch", dist.world, n_batches)
-    optimizer = _optimizer(model, config) if config.epochs else None
+    optimizer = _optimizer(run.model, config) if config.epochs else None
     total = max(1, steps_per_epoch * config.epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total) \
         if optimizer else None
-    pos_weight = torch.tensor(config.pos_weight, device=device)
-    start_epoch, best_f1, history = 0, -1.0, []
-    if resume and (last / STATE_FILE).is_file():
-        state = torch.load(last / STATE_FILE, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        if optimizer:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            load_scaler_state(scaler, state.get("scaler"))
-        start_epoch, best_f1, history = state["epoch"], state["best_f1"], state["history"]
-        restore_rng_state(state.get("rng"))
-        log.info("resumed from %s after epoch %d (best dev micro-F1 %.4f)", last, start_epoch, best_f1)
-    elif resume:
+    ddp = dist.wrap(run.model)
+    step = CoderStep(ddp, run.train_ex, run.prompts, run.tokenizer.pad_token_id, config, dist.device)
+    return Trainer(ddp, step, optimizer, scheduler, [p for p in run.model.parameters() if p.requires_grad],
+                   device=dist.device, dtype=amp_dtype(dist.device, config.precision), grad_accum=config.grad_accum,
+                   max_grad_norm=config.max_grad_norm)
+
+
+def _resume(run: _Run, trainer: Trainer) -> int:
+    """Continue from OUT/last (model, optimizer, schedule, scaler, RNG states, history); returns the
+    epochs already done, 0 when there is nothing to resume."""
+    last = run.out / "last"
+    if not (last / STATE_FILE).is_file():
         log.info("nothing to resume in %s: starting fresh", last)
-    if start_epoch == 0:
-        clear_stale_evaluations(out)
+        return 0
+    state = trainer.load(last / STATE_FILE, map_location=run.dist.device)
+    run.model.load_state_dict(state["model"])
+    run.best_f1, run.history = state["best_f1"], state["history"]
+    log.info("resumed from %s after epoch %d (best dev micro-F1 %.4f)", last, state["epoch"], run.best_f1)
+    return state["epoch"]
 
-    def finish_epoch(epoch: int, train_loss: float | None) -> None:
-        nonlocal best_f1
-        threshold, metrics = _dev_eval(model, tokenizer, dev_ex, prompts, dev_docs, codes, config, device)
-        record = {"epoch": epoch, "train_loss": train_loss, "dev_threshold": threshold, "dev": metrics}
-        history.append(record)
-        log.info("epoch %d: train loss %s, dev micro-F1 %.4f macro-AUC %.4f (threshold %.3f)", epoch,
-                 "-" if train_loss is None else f"{train_loss:.4f}", metrics["micro_f1"], metrics["macro_auc"],
-                 threshold)
-        if metrics["micro_f1"] > best_f1 or not (out / "best").is_dir():
-            best_f1 = metrics["micro_f1"]
-            _save_checkpoint(model, tokenizer, out / "best", config, codes, descriptions, threshold,
-                             {"epoch": epoch, "dev_metrics": metrics, "trained_on": str(set_dir)})
-        with atomic_write(out / "history.json") as fh:
-            dump_json(history, fh, indent=1)
 
-    if config.epochs == 0 and dist.main:
-        finish_epoch(0, None)
-    ddp = dist.wrap(model)  # `model` itself is what rank 0 evaluates and saves
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        if hasattr(model, "clear_code_cache"):  # label attention: re-encode code vectors each epoch
-            model.clear_code_cache()
-        batches = shard(make_batches(train_ex, config.batch_size, shuffle=True, seed=config.seed + epoch),
-                        dist.rank, dist.world)
-        losses = []
-        optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not dist.main)
-        for step, idx in enumerate(bar):
-            exs = [train_ex[i] for i in idx]
-            batch = collate(exs, prompts[exs[0].chunk], tokenizer.pad_token_id, config.global_stride, with_masks)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            boundary = (step + 1) % config.grad_accum == 0 or step + 1 == len(batches)
-            with maybe_no_sync(ddp, sync=boundary):  # one all-reduce per optimizer step
-                with autocast(device, dtype):
-                    logits = ddp(batch)
-                # BCE on logit(yes) - logit(no) == cross-entropy of the yes/no softmax
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                    logits.float(), batch["labels"], pos_weight=pos_weight)
-                scaler.scale(loss / config.grad_accum).backward()
-            losses.append(loss.detach())  # on the device: no host sync per micro-step
-            if boundary:
-                optimizer_step(scaler, optimizer, scheduler, trainable, config.max_grad_norm)
-                if dist.main:
-                    bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.4f}")
-        epoch_loss = torch.stack(losses).float().mean()
-        if dist.world > 1:
-            torch.distributed.all_reduce(epoch_loss)
-            epoch_loss /= dist.world
+def _train_epoch(run: _Run, trainer: Trainer, epoch: int) -> float:
+    """One epoch of this rank's batches through the shared loop; the mean loss over every rank."""
+    config, dist = run.config, run.dist
+    run.model.train()
+    if hasattr(run.model, "clear_code_cache"):  # label attention: re-encode code vectors each epoch
+        run.model.clear_code_cache()
+    batches = shard(make_batches(run.train_ex, config.batch_size, shuffle=True, seed=config.seed + epoch),
+                    dist.rank, dist.world)
+    groups = [batches[i:i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
+    losses = []
+    bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not dist.main)
+    for results in trainer.steps(groups):
+        losses += [loss.detach() for _, loss in results]  # on the device: no host sync per micro-step
+        bar.update(len(results))
         if dist.main:
-            finish_epoch(epoch + 1, float(epoch_loss))
-            last.mkdir(parents=True, exist_ok=True)
-            with atomic_path(last / STATE_FILE) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                            "epoch": epoch + 1, "best_f1": best_f1, "history": history,
-                            "config": config.__dict__, "rng": rng_state()}, tmp)
-        dist.barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
-    return {"best_dev_micro_f1": best_f1, "epochs": len(history), "history": history, "best": str(out / "best")}
+            bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.4f}")
+    bar.close()
+    epoch_loss = torch.stack(losses).float().mean()
+    if dist.world > 1:
+        torch.distributed.all_reduce(epoch_loss)
+        epoch_loss /= dist.world
+    return float(epoch_loss)
+
+
+def _finish_epoch(run: _Run, epoch: int, train_loss: float | None) -> None:
+    """Dev metrics at the dev-tuned threshold, OUT/best when micro-F1 improves, history.json."""
+    threshold, metrics = _dev_eval(run)
+    record = {"epoch": epoch, "train_loss": train_loss, "dev_threshold": threshold, "dev": metrics}
+    run.history.append(record)
+    log.info("epoch %d: train loss %s, dev micro-F1 %.4f macro-AUC %.4f (threshold %.3f)", epoch,
+             "-" if train_loss is None else f"{train_loss:.4f}", metrics["micro_f1"], metrics["macro_auc"],
+             threshold)
+    if metrics["micro_f1"] > run.best_f1 or not (run.out / "best").is_dir():
+        run.best_f1 = metrics["micro_f1"]
+        save_coder(run.model, run.tokenizer, run.out / "best", run.config, run.codes, run.descriptions, threshold,
+                   {"epoch": epoch, "dev_metrics": metrics, "trained_on": str(run.set_dir)})
+    with atomic_write(run.out / "history.json") as fh:
+        dump_json(run.history, fh, indent=1)

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from kept.cli import config_defaults
+from kept.cli import config_defaults, graph_option
 
 
 def _graph(path: str | None):
@@ -76,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from contrastive.encoder import TermEncoder
+    from kept.encoder import TermEncoder
     from contrastive.evaluate import eval_set, evaluate
     from contrastive.sampling import heldout_split
     from kept.io import atomic_write
@@ -122,23 +122,28 @@ TRAIN_HELP = {
 
 
 def register(subparsers) -> None:
-    def graph_arg(sp):
-        sp.add_argument("--graph", help="graph directory from `kept graph build` "
-                                        "(default: $KEPT_GRAPH, else the bundled ICD-9-CM graph)")
+    _add_triplets(subparsers)
+    h = subparsers.add_parser("hsap", help="hierarchical self-alignment pretraining of an encoder")
+    hsub = h.add_subparsers(dest="hsap_command", metavar="COMMAND", required=True)
+    _add_hsap_train(hsub)
+    _add_hsap_eval(hsub)
 
-    def ijk(sp, defaults: bool):
-        for name, d, h in (("i", 8, "anchor codes per batch"), ("j", 4, "codes per anchor group (anchor + j-1 "
-                           "parent/siblings)"), ("k", 2, "terms per code")):
-            sp.add_argument(f"--{name}", type=int, default=d if defaults else None, help=f"{h} (default {d})")
-        sp.add_argument("--seed", type=int, default=0 if defaults else None)
 
+def _ijk(sp, defaults: bool) -> None:
+    for name, d, h in (("i", 8, "anchor codes per batch"), ("j", 4, "codes per anchor group (anchor + j-1 "
+                       "parent/siblings)"), ("k", 2, "terms per code")):
+        sp.add_argument(f"--{name}", type=int, default=d if defaults else None, help=f"{h} (default {d})")
+    sp.add_argument("--seed", type=int, default=0 if defaults else None)
+
+
+def _add_triplets(subparsers) -> None:
     t = subparsers.add_parser("triplets", help="HSAP triplets sampled from the graph")
     tsub = t.add_subparsers(dest="triplets_command", metavar="COMMAND", required=True)
     e = tsub.add_parser("export", help="sample batches and write one row per triplet (streamed, atomic)")
-    graph_arg(e)
+    graph_option(e)
     e.add_argument("--out", required=True, help="output file (.jsonl, .parquet, .csv)")
     e.add_argument("--format", choices=["jsonl", "parquet", "csv"], help="default: from the suffix, else jsonl")
-    ijk(e, defaults=True)
+    _ijk(e, defaults=True)
     e.add_argument("--batches", type=int, default=100, help="number of batches (default 100)")
     e.add_argument("--start", type=int, default=0, help="first batch index (continue a stream)")
     e.add_argument("--holdout-fraction", type=float, default=0.0,
@@ -146,18 +151,18 @@ def register(subparsers) -> None:
     e.add_argument("--holdout-seed", type=int, default=0)
     e.set_defaults(func=cmd_export)
 
-    h = subparsers.add_parser("hsap", help="hierarchical self-alignment pretraining of an encoder")
-    hsub = h.add_subparsers(dest="hsap_command", metavar="COMMAND", required=True)
+
+def _add_hsap_train(hsub) -> None:
     tr = hsub.add_parser("train", help="train an encoder on graph triplets; saves a save_pretrained folder")
     tr.add_argument("--model", help="path or hub id of any AutoModel encoder (default: bundled MiniLM)")
-    graph_arg(tr)
+    graph_option(tr)
     tr.add_argument("--out", required=True, help="output directory (model, checkpoints, train_log.jsonl)")
     tr.add_argument("--config", help="TOML file with HSAPConfig fields (flags override it)")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     tr.add_argument("--loss", choices=["triplet", "infonce"])
     tr.add_argument("--distance", choices=["euclidean", "angular"],
                     help="triplet loss: |a - b| on raw vectors (default, eq. 3) or the angle arccos(cos)")
-    ijk(tr, defaults=False)
+    _ijk(tr, defaults=False)
     for name, typ in (("steps", int), ("grad-accum", int), ("lr", float), ("warmup-ratio", float),
                       ("max-length", int), ("temperature", float), ("holdout-fraction", float),
                       ("holdout-seed", int), ("log-every", int), ("save-every", int), ("hard-negatives", int)):
@@ -174,9 +179,11 @@ def register(subparsers) -> None:
     tr.set_defaults(func=cmd_train)
     config_defaults(tr, "contrastive.train:HSAPConfig")
 
+
+def _add_hsap_eval(hsub) -> None:
     ev = hsub.add_parser("eval", help="short title -> long title retrieval on held-out categories")
     ev.add_argument("--model", help="encoder folder (default: bundled MiniLM)")
-    graph_arg(ev)
+    graph_option(ev)
     ev.add_argument("--holdout-fraction", type=float, help="default: the model's training run's, else 0.1")
     ev.add_argument("--holdout-seed", type=int, help="default: the model's training run's, else 0")
     ev.add_argument("--candidates", choices=["leaves", "all"], default="leaves",

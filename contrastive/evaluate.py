@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from contrastive.encoder import TermEncoder
+from kept.encoder import TermEncoder
 from contrastive.sampling import HeldOut
 from kept.errors import KeptError
 from kgraph.graph import IS_A

@@ -1,14 +1,13 @@
 """HSAP training: sampled level-wise batches -> encoder -> triplet (or InfoNCE) loss -> AdamW.
 
-CPU or GPU (AMP bf16/fp16), gradient accumulation, `torchrun` multi-GPU (DDP when WORLD_SIZE > 1,
-each rank its own sampler stream), checkpoints as `save_pretrained` folders plus `hsap_state.pt`
-(optimizer, scheduler, step) so `--resume` continues where a run stopped, loss logged per level and
-per triplet kind in `OUT/train_log.jsonl`. The held-out categories never reach the sampler.
-"""
+`HSAPStep` is HSAP's part of the shared loop (kept/trainer.py: AMP bf16/fp16, gradient accumulation,
+`torchrun` multi-GPU with DDP when WORLD_SIZE > 1, each rank its own sampler stream). Checkpoints are
+`save_pretrained` folders plus `hsap_state.pt` (optimizer, scheduler, RNG states, step) so `--resume`
+continues where a run stopped; the loss is logged per level and per triplet kind in
+`OUT/train_log.jsonl`. The held-out categories never reach the sampler."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -23,15 +22,15 @@ from pathlib import Path
 
 import torch
 
-from contrastive.encoder import TermEncoder, freeze_global_attention, pool
 from contrastive.losses import DISTANCES, LOSSES
 from contrastive.sampling import BatchSampler, HeldOut, SamplerConfig, heldout_split
 from contrastive.triplets import sampler_triplets
-from kept.device import Dist, amp_dtype, load_scaler_state, make_scaler, maybe_no_sync, optimizer_step
+from kept.config import load_config
+from kept.device import Dist, amp_dtype
+from kept.encoder import TermEncoder, freeze_global_attention, pool
 from kept.errors import InputFileError, KeptError
 from kept.io import MARKER, atomic_dir, atomic_write, clear_stale_temps, replace_dir
-from kept.rng import restore_rng_state, rng_state
-from kept.toml import tomllib
+from kept.trainer import Trainer
 
 log = logging.getLogger(__name__)
 STATE_FILE, CONFIG_FILE, LOG_FILE = "hsap_state.pt", "hsap_config.json", "train_log.jsonl"
@@ -73,18 +72,7 @@ class HSAPConfig:
     @classmethod
     def from_toml(cls, path: str | Path, **overrides) -> "HSAPConfig":
         """Values from a TOML file (top level or an [hsap] table), then non-None `overrides`."""
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InputFileError(p, f"cannot read HSAP config: {exc}") from exc
-        data = data.get("hsap", data)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputFileError(p, f"unknown HSAP config keys: {', '.join(unknown)}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        return load_config(cls, path, "hsap", overrides)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -113,20 +101,9 @@ def load_graph_for(path: str | None):
     return kgraph.load_graph(path) if path else kgraph.build_graph(progress=False)
 
 
-def _amp_dtype(cfg: HSAPConfig, device: torch.device) -> torch.dtype | None:
-    return amp_dtype(device, cfg.amp)
-
-
 def _checkpoints(out: Path) -> list[Path]:
     found = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def save_checkpoint(enc: TermEncoder, directory: Path, state: dict, cfg: HSAPConfig, heldout: HeldOut) -> None:
-    with atomic_dir(directory) as tmp:
-        enc.save(tmp)
-        torch.save(state, tmp / STATE_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps(_config_record(cfg, heldout), indent=2) + "\n", encoding="utf-8")
 
 
 def _config_record(cfg: HSAPConfig, heldout: HeldOut) -> dict:
@@ -134,12 +111,86 @@ def _config_record(cfg: HSAPConfig, heldout: HeldOut) -> dict:
             "heldout_codes": len(heldout.codes)}
 
 
+class HSAPStep:
+    """HSAP's training step for the shared loop: a sampled level-wise batch's terms through the
+    encoder (under autocast), its mined triplets into the loss (outside it)."""
+
+    def __init__(self, enc: TermEncoder, sampler: BatchSampler, loss_fn: torch.nn.Module):
+        self.enc, self.sampler, self.loss_fn = enc, sampler, loss_fn
+
+    def forward(self, index: int):
+        batch = self.sampler.batch(index)
+        return batch, sampler_triplets(self.sampler, batch), self.enc(batch.texts)
+
+    def loss(self, output):
+        _, trip, emb = output
+        return self.loss_fn(emb, trip)
+
+
+def _optimizer(enc: TermEncoder, cfg: HSAPConfig) -> tuple[torch.optim.Optimizer, object]:
+    """AdamW without decay on biases and norms, and the linear warm-up schedule over `cfg.steps`."""
+    from transformers import get_linear_schedule_with_warmup
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    params = [
+        {"params": [p for n, p in enc.model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
+         "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in enc.model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
+         "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    return opt, get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * cfg.steps), cfg.steps)
+
+
+def _load_encoder(cfg: HSAPConfig, source: str | Path | None, dist: Dist) -> TermEncoder:
+    """The encoder to train, on this rank's device, ready for terms (Longformer: global projections
+    frozen, window narrowed)."""
+    enc = TermEncoder.load(source, max_length=cfg.max_length, pooling=cfg.pooling)
+    enc.model.to(dist.device).train()
+    if freeze_global_attention(enc.model):
+        log.info("Longformer: global-attention projections frozen (terms use none)")
+    enc.narrow_attention_window(cfg.max_length)
+    return enc
+
+
+class _Log:
+    """Running sums between log lines (loss, vector norm, per level and triplet kind), written to
+    OUT/train_log.jsonl by rank 0; the probe batch's mean norm where the run started and ended."""
+
+    def __init__(self, out: Path, main: bool, norm_start: float):
+        self.sums: dict[str, list] = defaultdict(lambda: [0.0, 0])
+        self.fh = open(out / LOG_FILE, "a", encoding="utf-8") if main else None
+        self.norm_start, self.first, self.terms, self.last = norm_start, True, 0, {}
+
+    def add(self, results) -> None:
+        for (batch, _, emb), res in results:
+            self.terms += len(batch)
+            value = res.loss.detach()  # summed on the device; read back only when logged
+            self.sums["loss"][0] += value; self.sums["loss"][1] += 1
+            self.sums["norm"][0] += float(emb.detach().float().norm(dim=-1).mean()); self.sums["norm"][1] += 1
+            self.sums[f"level:{batch.level}"][0] += value; self.sums[f"level:{batch.level}"][1] += 1
+            for kind, (s, c) in res.per_kind.items():
+                self.sums[f"kind:{kind}"][0] += s; self.sums[f"kind:{kind}"][1] += c
+
+    def write(self, done: int, lr: float, norm_end: float | None) -> None:
+        self.last = {k: float(v[0]) / max(v[1], 1) for k, v in self.sums.items()}
+        rec = {"step": done, "lr": lr, **{k: round(v, 5) for k, v in self.last.items()}}
+        if self.first:  # the probe's mean norm where this run (or resume) started, and at the end
+            rec["norm_start"], self.first = round(self.norm_start, 4), False
+        if norm_end is not None:
+            rec["norm_end"] = round(norm_end, 4)
+        self.fh.write(json.dumps(rec) + "\n")
+        self.fh.flush()
+        self.sums.clear()
+
+    def close(self) -> None:
+        if self.fh:
+            self.fh.close()
+
+
 def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
     """Run HSAP; returns a summary (steps, seconds, terms/s, last losses). The final model is
     saved into `cfg.out` itself (config.json, weights, tokenizer, hsap_config.json)."""
-    from tqdm import tqdm
-    from transformers import get_linear_schedule_with_warmup
-
     dist = Dist(cfg.device)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + dist.rank)
@@ -151,104 +202,73 @@ def train(cfg: HSAPConfig, progress: bool = True, resume: bool = False) -> dict:
     if resume and not ckpts:
         raise KeptError(f"--resume: no checkpoint-* folder in {out}")
     resume_from = ckpts[-1] if resume else None
-    enc = TermEncoder.load(resume_from or cfg.model, max_length=cfg.max_length, pooling=cfg.pooling)
+    enc = _load_encoder(cfg, resume_from or cfg.model, dist)
     cfg = replace(cfg, pooling=enc.pooling)  # hsap_config.json records what "auto" chose
-    enc.model.to(dist.device).train()
-    if freeze_global_attention(enc.model):
-        log.info("Longformer: global-attention projections frozen (terms use none)")
-    enc.narrow_attention_window(cfg.max_length)
-    loss_fn = make_loss(cfg)
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    params = [
-        {"params": [p for n, p in enc.model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
-         "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in enc.model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * cfg.steps), cfg.steps)
-    amp = _amp_dtype(cfg, dist.device)
-    scaler = make_scaler(amp)
-    start = 0
-    if resume_from is not None:
-        state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=False)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        load_scaler_state(scaler, state.get("scaler"))
-        start = state["step"]
-        if dist.world == 1:  # the checkpoint holds rank 0's states only
-            restore_rng_state(state.get("rng"))
-        log.info("resumed from %s at step %d", resume_from, start)
+    opt, sched = _optimizer(enc, cfg)
+    params = [p for p in enc.model.parameters() if p.requires_grad]
     enc.model = dist.wrap(enc.model)
+    trainer = Trainer(enc.model, HSAPStep(enc, sampler, make_loss(cfg)), opt, sched, params, device=dist.device,
+                      dtype=amp_dtype(dist.device, cfg.amp), grad_accum=cfg.grad_accum,
+                      max_grad_norm=cfg.max_grad_norm)
+    start = 0
+    if resume_from is not None:  # with several ranks the checkpoint's RNG states are rank 0's only
+        start = trainer.load(resume_from / STATE_FILE, map_location="cpu", rng=dist.world == 1)["step"]
+        log.info("resumed from %s at step %d", resume_from, start)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_write(out / CONFIG_FILE) as fh:
             fh.write(json.dumps(_config_record(cfg, heldout), indent=2) + "\n")
+    summary = _run_steps(cfg, enc, trainer, sampler, heldout, dist, start, progress)
+    if dist.main:
+        _publish_final(out)
+    dist.barrier()
+    return {**summary, "out": str(out), "graph": cfg.graph, "pooling": cfg.pooling, "levels": sampler.describe()}
 
+
+def _run_steps(cfg: HSAPConfig, enc: TermEncoder, trainer: Trainer, sampler: BatchSampler, heldout: HeldOut,
+               dist: Dist, start: int, progress: bool) -> dict:
+    """Steps `start`..`cfg.steps` through the shared loop, with the log and checkpoint-N folders."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
     # A loss on raw vectors can inflate them: mean norm of a fixed probe batch, before and after.
     probe = sampler.batch(0).texts
     norm_start = _mean_norm(enc, probe)
     if dist.main:
         log.info("mean term-vector norm at step %d: %.3f", start, norm_start)
-    sums: dict[str, list] = defaultdict(lambda: [0.0, 0])
-    norm_end, first_log = norm_start, True
-    t0, terms_seen, last = time.perf_counter(), 0, {}
+    norm_end, t0, run_log = norm_start, time.perf_counter(), _Log(out, dist.main, norm_start)
     bar = tqdm(range(start, cfg.steps), desc="hsap", unit="step", disable=not (progress and dist.main),
                initial=start, total=cfg.steps)
-    logf = open(out / LOG_FILE, "a", encoding="utf-8") if dist.main else None
+    groups = ([step * cfg.grad_accum + micro for micro in range(cfg.grad_accum)] for step in bar)
     try:
-        for step in bar:
-            for micro in range(cfg.grad_accum):
-                batch = sampler.batch((step * cfg.grad_accum + micro))
-                trip = sampler_triplets(sampler, batch)
-                with maybe_no_sync(enc.model, sync=micro == cfg.grad_accum - 1):
-                    with torch.autocast(dist.device.type, dtype=amp) if amp else contextlib.nullcontext():
-                        emb = enc(batch.texts)
-                    res = loss_fn(emb, trip)
-                    scaler.scale(res.loss / cfg.grad_accum).backward()
-                terms_seen += len(batch)
-                value = res.loss.detach()  # summed on the device; read back only when logged
-                sums["loss"][0] += value; sums["loss"][1] += 1
-                sums["norm"][0] += float(emb.detach().float().norm(dim=-1).mean()); sums["norm"][1] += 1
-                sums[f"level:{batch.level}"][0] += value; sums[f"level:{batch.level}"][1] += 1
-                for kind, (s, c) in res.per_kind.items():
-                    sums[f"kind:{kind}"][0] += s; sums[f"kind:{kind}"][1] += c
-            optimizer_step(scaler, opt, sched, (p for p in enc.model.parameters() if p.requires_grad),
-                           cfg.max_grad_norm)
-            done = step + 1
+        for done, results in enumerate(trainer.steps(groups), start + 1):
+            run_log.add(results)
             if done == cfg.steps:
                 norm_end = _mean_norm(enc, probe)
             if dist.main and (done % cfg.log_every == 0 or done == cfg.steps):
-                last = {k: float(v[0]) / max(v[1], 1) for k, v in sums.items()}
-                rec = {"step": done, "lr": sched.get_last_lr()[0], **{k: round(v, 5) for k, v in last.items()}}
-                if first_log:  # the probe's mean norm where this run (or resume) started, and at the end
-                    rec["norm_start"], first_log = round(norm_start, 4), False
-                if done == cfg.steps:
-                    rec["norm_end"] = round(norm_end, 4)
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
-                bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
-                sums.clear()
+                run_log.write(done, trainer.scheduler.get_last_lr()[0], norm_end if done == cfg.steps else None)
+                bar.set_postfix(loss=f"{run_log.last['loss']:.4f}", refresh=False)
             if dist.main and (done % cfg.save_every == 0 or done == cfg.steps):
-                state = {"step": done, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "scaler": scaler.state_dict(), "sampler_seed": cfg.seed, "world": dist.world,
-                         "rng": rng_state()}
-                save_checkpoint(enc, out / f"checkpoint-{done}", state, cfg, heldout)
-                for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
+                _save_step(enc, trainer, out, done, cfg, heldout, dist.world)
     finally:
-        if logf:
-            logf.close()
+        run_log.close()
     seconds = time.perf_counter() - t0
     if dist.main:
         log.info("mean term-vector norm at step %d: %.3f", cfg.steps, norm_end)
-        _publish_final(out)
-    dist.barrier()
     return {"steps": cfg.steps, "start_step": start, "seconds": round(seconds, 2),
-            "terms_per_s": round(terms_seen * dist.world / max(seconds, 1e-9), 1),
-            "norm_start": round(norm_start, 4), "norm_end": round(norm_end, 4),
-            "last_log": last, "out": str(out), "graph": cfg.graph, "pooling": cfg.pooling,
-            "levels": sampler.describe()}
+            "terms_per_s": round(run_log.terms * dist.world / max(seconds, 1e-9), 1),
+            "norm_start": round(norm_start, 4), "norm_end": round(norm_end, 4), "last_log": run_log.last}
+
+
+def _save_step(enc: TermEncoder, trainer: Trainer, out: Path, done: int, cfg: HSAPConfig, heldout: HeldOut,
+               world: int) -> None:
+    """OUT/checkpoint-N (model, tokenizer, the trainer's state, config); only the newest few are kept."""
+    with atomic_dir(out / f"checkpoint-{done}") as tmp:
+        enc.save(tmp)
+        trainer.save(tmp / STATE_FILE, step=done, sampler_seed=cfg.seed, world=world)
+        (tmp / CONFIG_FILE).write_text(json.dumps(_config_record(cfg, heldout), indent=2) + "\n", encoding="utf-8")
+    for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Callable, TypeVar
 
 __all__ = ["positive_int", "nonnegative_int", "positive_float", "nonnegative_float", "probability",
            "positive_int_list"]
+
+Number = TypeVar("Number", int, float)
 
 
 def _int(text: str) -> int:
@@ -27,39 +30,25 @@ def _float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _bounded(name: str, parse: Callable[[str], Number], ok: Callable[[Number], bool], rule: str,
+             show_text: bool = False) -> Callable[[str], Number]:
+    """A `type=` check: `parse` the text, then refuse a value outside `rule` (ints are shown parsed,
+    floats as typed)."""
+    def check(text: str) -> Number:
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text if show_text else value}")
+        return value
+
+    check.__name__ = check.__qualname__ = name
+    return check
 
 
-def nonnegative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def probability(text: str) -> float:
-    value = _float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+positive_int = _bounded("positive_int", _int, lambda v: v >= 1, ">= 1")
+nonnegative_int = _bounded("nonnegative_int", _int, lambda v: v >= 0, ">= 0")
+positive_float = _bounded("positive_float", _float, lambda v: v > 0, "> 0", show_text=True)
+nonnegative_float = _bounded("nonnegative_float", _float, lambda v: v >= 0, ">= 0", show_text=True)
+probability = _bounded("probability", _float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1", show_text=True)
 
 
 def positive_int_list(text: str) -> tuple[int, ...]:

@@ -78,6 +78,19 @@ def config_defaults(parser: argparse.ArgumentParser, cls: str, rename: dict[str,
     parser._kept_config = (cls, rename or {})
 
 
+def graph_option(parser: argparse.ArgumentParser, purpose: str = "") -> None:
+    """`--graph`, taken the same way by every command that reads the graph (else $KEPT_GRAPH, else
+    the bundled graph: kgraph.store.chosen_graph)."""
+    parser.add_argument("--graph", help=f"graph folder from `kept graph build`{purpose} "
+                                        "(default: $KEPT_GRAPH, else the bundled ICD-9-CM graph)")
+
+
+def force_option(parser: argparse.ArgumentParser) -> None:
+    """`--force` of every command that replaces an --out folder (kept.io.check_out_dir)."""
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out even if it is a file or a folder kept did not write")
+
+
 def _apply_config_defaults(parser: argparse.ArgumentParser) -> None:
     spec, rename = parser.__dict__.pop("_kept_config", (None, {}))
     if spec is None:

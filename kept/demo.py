@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,138 +73,175 @@ class Step:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    import kgraph
-    from coder.data.datasets import read_split
-    from coder.evaluation.evaluate import SYSTEM_NAMES, evaluate_checkpoint
-    from coder.evaluation.hierarchy_metrics import SUMMARY_NAMES as HIER_ROWS  # hier_f1 + FP distance shares
-    from coder.models.longify import longify
-    from coder.modeling import CoderConfig
-    from coder.retrieval.rerank import run_rerank
-    from coder.retrieval.candidates import IndexConfig, RetrieveConfig, build_index, retrieve
-    from coder.data.synth import SynthConfig, prepare_synth
-    from coder.training import train_coder
-    from contrastive.encoder import TermEncoder, default_model_path
-    from contrastive.evaluate import eval_set, evaluate
-    from contrastive.sampling import BatchSampler, SamplerConfig, heldout_split
-    from contrastive.train import HSAPConfig, train
-    from contrastive.triplets import export_triplets
-    from kept.results import metric_rows, plot_f1_by_frequency, write_table
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run = Path(cfg.out or Path("runs") / time.strftime("%Y-%m-%d"))
     run.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     total = 8
     print(f"kept demo -> {run}  (CPU budgets; see `kept demo --help` to change them)")
-
     with Step(cfg, 1, total, "knowledge graph (bundled ICD-9-CM)"):
-        G = kgraph.build_graph(progress=False)
-        kgraph.save_graph(G, run / "graph")
-        from kgraph.query import ancestors, stats
-
-        s = stats(G)
-        print(f"  {s['nodes']:,} nodes, {s['edges']:,} edges; 250.01 → " + " → ".join(ancestors(G, "250.01")))
-
+        G = _graph(run)
     with Step(cfg, 2, total, "HSAP triplets"):
-        heldout = heldout_split(G, 0.1, cfg.seed)
-        sampler = BatchSampler(G, SamplerConfig(seed=cfg.seed), exclude=heldout)
-        counts = export_triplets(sampler, run / "triplets.parquet", batches=cfg.triplet_batches)
-        print("  " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-
+        heldout = _triplets(G, run, cfg)
     with Step(cfg, 3, total, f"HSAP: {cfg.hsap_steps} steps on MiniLM per loss, eval on held-out categories"):
-        es = eval_set(G, heldout, "leaves", cfg.hsap_eval_candidates, seed=cfg.seed)
-        # MiniLM is a sentence-transformers model trained with mean pooling: its first token is
-        # not a term vector (the paper's first-token choice is for BERT-style encoders).
-        results = {"MiniLM": evaluate(TermEncoder.load(None, max_length=32, pooling=cfg.hsap_pooling), G, es)}
-        dirs = {}
-        for loss in cfg.hsap_losses:
-            name = f"MiniLM + HSAP ({LOSS_NAMES[loss]})"
-            dirs[name] = run / f"hsap-{loss}"
-            loss_name, distance = LOSS_SPECS[loss]
-            summary = train(HSAPConfig(out=str(dirs[name]), loss=loss_name, distance=distance, steps=cfg.hsap_steps, seed=cfg.seed, lr=5e-5,
-                                       pooling=cfg.hsap_pooling, holdout_fraction=0.1, holdout_seed=cfg.seed,
-                                       save_every=10**9))
-            results[name] = evaluate(TermEncoder.load(str(dirs[name]), max_length=32, pooling="auto"), G, es)
-            print(f"  {name}: {summary.get('terms_per_s', 0):.0f} terms/s, mean vector norm "
-                  f"{summary['norm_start']:.2f} -> {summary['norm_end']:.2f}", flush=True)
-        for name, res in results.items():
-            print(f"  {name:<40} Acc@1 {res['acc@1']:.3f}  Acc@5 {res['acc@5']:.3f}  MRR {res['mrr']:.3f}  "
-                  f"sibling share of errors {res['sibling_error_share']:.2f}")
-            rows += metric_rows("hsap", name, f"held-out short→long titles ({es_size(es)})", SOURCE_PUBLIC,
-                                res, ["acc@1", "acc@5", "mrr", "sibling_error_share"])
-        # Later stages take the aligned encoder that ranks held-out titles best (these titles are
-        # not the coder's test notes, so choosing here leaks nothing into the coder's numbers).
-        chosen = max(dirs, key=lambda n: results[n]["mrr"])
-        hsap_dir = dirs[chosen]
-        print(f"  later stages use {chosen} ({hsap_dir.name})")
-
+        hsap_dir = _hsap(G, heldout, run, cfg, rows)
     with Step(cfg, 4, total, "synthetic MIMIC-shaped corpus"):
-        data = run / "data"
-        prepare_synth(G, data, SynthConfig(docs=cfg.synth_docs, seed=cfg.seed, words_min=cfg.words_min,
-                                           words_max=cfg.words_max, progress=False), graph_dir=str(run / "graph"))
-        for name in ("full", "50", "rare50"):
-            n = {sp: len(read_split(data / name, sp)) for sp in ("train", "dev", "test")}
-            print(f"  {name:<7} train {n['train']}  dev {n['dev']}  test {n['test']}")
-
+        data = _corpus(G, run, cfg)
     with Step(cfg, 5, total, f"long model: HSAP MiniLM → {cfg.max_length} tokens (Longformer)"):
+        from coder.models.longify import longify
+
         long_dir = longify(hsap_dir, run / "long-model", max_length=cfg.max_length,
                            attention_window=cfg.attention_window)
-
-    plots: dict[str, dict] = {}
     with Step(cfg, 6, total, "TF-IDF baseline, prompted coder, label-attention baseline"):
-        for set_name in cfg.sets:
-            set_dir = data / set_name
-            train_docs = read_split(set_dir, "train")[:cfg.coder_train_docs]  # what the coders saw
-            for head in cfg.systems:
-                system = SYSTEM_NAMES[head]
-                out = run / "coder" / f"{set_name}-{head}"
-                # KEPT-code's template: its short descriptions leave ~550 of a note's ~630 tokens in the
-                # window, the paper's `desc :` form ~350 (docs/coder.md)
-                cc = CoderConfig(head=head, epochs=cfg.coder_epochs, lr=cfg.coder_lr, grad_accum=4, template="kept",
-                                 global_stride=cfg.global_stride, seed=cfg.seed, graph=str(run / "graph"))
-                print(f"  {system} on synth-{set_name}", flush=True)
-                train_coder(set_dir, long_dir, out, cc, max_docs=cfg.coder_train_docs)
-                res = evaluate_checkpoint(out / "best", set_dir, out / "eval", system=system,
-                                          max_docs=cfg.eval_docs)
-                m = res["metrics"]
-                print(f"    test micro-F1 {m['micro_f1']:.3f}  macro-F1 {m['macro_f1']:.3f}  "
-                      f"micro-AUC {m['micro_auc']:.3f}  macro-AUC {m['macro_auc']:.3f}")
-                rows += metric_rows("coder", system, f"synth-{set_name}", SOURCE_SYNTH,
-                                    {**m, **res["hierarchical"]["metrics"]},
-                                    ["micro_auc", "macro_auc", "micro_f1", "macro_f1", "macro_f1_mean", "p@5",
-                                     *HIER_ROWS])
-                plots.setdefault(set_name, {})[system] = _f1_series(out / "eval", train_docs, res["threshold"])
-
+        plots = _coders(data, long_dir, run, cfg, rows)
     with Step(cfg, 7, total, f"FAISS first stage + rerank (top {cfg.rerank_k}) on the full set"):
-        index_dir = run / "index"
-        build_index(hsap_dir, index_dir, G, IndexConfig())
-        cands = run / "candidates"
-        summary = retrieve(index_dir, data / "full", cands, RetrieveConfig(top_k=max(300, cfg.rerank_k)),
-                           max_docs=cfg.eval_docs)
-        rec = summary["splits"]["test"]
-        print("  test candidate recall: " + ", ".join(f"@{k} {rec[f'recall@{k}']:.3f}" for k in (50, 100, 300)))
-        for k in (50, 100, 300):
-            rows.append(dict(stage="retrieval", system="faiss (HSAP MiniLM)", dataset="synth-full test",
-                             data_source=SOURCE_SYNTH, metric=f"recall@{k}", value=float(rec[f"recall@{k}"])))
-        reranker = run / "coder" / f"{cfg.sets[0]}-prompt" / "best"
-        results = run_rerank(cands, data / "full", run / "rerank", reranker, k=cfg.rerank_k,
-                             prompt_codes=cfg.rerank_prompt_codes, max_docs=cfg.eval_docs)
-        for system, res in results.items():
-            rows += metric_rows("full", system, "synth-full", SOURCE_SYNTH,
-                                {**res["metrics"], **res["hierarchical"]["metrics"]},
-                                ["micro_f1", "macro_f1", "p@8", "p@15", "r@8", "r@15", "candidate_micro_auc",
-                                 *HIER_ROWS])
-
+        _full_label_space(G, hsap_dir, data, run, cfg, rows)
     with Step(cfg, 8, total, "results"):
-        write_table(rows, run)
-        for set_name, series in plots.items():
-            plot_f1_by_frequency(series, run / f"f1_by_frequency_{set_name}.png",
-                                 f"Per-code test F1 vs training frequency (synth-{set_name})", SOURCE_SYNTH)
-        (run / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
-        print((run / "results.md").read_text(encoding="utf-8"))
+        _results(rows, plots, run, cfg)
     print(f"results: {run / 'results.md'}, {run / 'results.json'}, plots {run}/f1_by_frequency_*.png")
     print("timings (s): " + ", ".join(f"{k.split(':')[0]} {v}" for k, v in cfg.timings.items()))
     return {"run": str(run), "rows": rows}
+
+
+def _graph(run: Path):
+    import kgraph
+    from kgraph.query import ancestors, stats
+
+    G = kgraph.build_graph(progress=False)
+    kgraph.save_graph(G, run / "graph")
+    s = stats(G)
+    print(f"  {s['nodes']:,} nodes, {s['edges']:,} edges; 250.01 → " + " → ".join(ancestors(G, "250.01")))
+    return G
+
+
+def _triplets(G, run: Path, cfg: DemoConfig):
+    from contrastive.sampling import BatchSampler, SamplerConfig, heldout_split
+    from contrastive.triplets import export_triplets
+
+    heldout = heldout_split(G, 0.1, cfg.seed)
+    sampler = BatchSampler(G, SamplerConfig(seed=cfg.seed), exclude=heldout)
+    counts = export_triplets(sampler, run / "triplets.parquet", batches=cfg.triplet_batches)
+    print("  " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    return heldout
+
+
+def _hsap(G, heldout, run: Path, cfg: DemoConfig, rows: list[dict]) -> Path:
+    """MiniLM before and after HSAP with each loss on held-out titles; returns the aligned encoder
+    later stages use."""
+    from contrastive.evaluate import eval_set, evaluate
+    from contrastive.train import HSAPConfig, train
+    from kept.encoder import TermEncoder
+    from kept.results import metric_rows
+
+    es = eval_set(G, heldout, "leaves", cfg.hsap_eval_candidates, seed=cfg.seed)
+    # MiniLM is a sentence-transformers model trained with mean pooling: its first token is
+    # not a term vector (the paper's first-token choice is for BERT-style encoders).
+    results = {"MiniLM": evaluate(TermEncoder.load(None, max_length=32, pooling=cfg.hsap_pooling), G, es)}
+    dirs = {}
+    for loss in cfg.hsap_losses:
+        name = f"MiniLM + HSAP ({LOSS_NAMES[loss]})"
+        dirs[name] = run / f"hsap-{loss}"
+        loss_name, distance = LOSS_SPECS[loss]
+        summary = train(HSAPConfig(out=str(dirs[name]), loss=loss_name, distance=distance, steps=cfg.hsap_steps,
+                                   seed=cfg.seed, lr=5e-5, pooling=cfg.hsap_pooling, holdout_fraction=0.1,
+                                   holdout_seed=cfg.seed, save_every=10**9))
+        results[name] = evaluate(TermEncoder.load(str(dirs[name]), max_length=32, pooling="auto"), G, es)
+        print(f"  {name}: {summary.get('terms_per_s', 0):.0f} terms/s, mean vector norm "
+              f"{summary['norm_start']:.2f} -> {summary['norm_end']:.2f}", flush=True)
+    for name, res in results.items():
+        print(f"  {name:<40} Acc@1 {res['acc@1']:.3f}  Acc@5 {res['acc@5']:.3f}  MRR {res['mrr']:.3f}  "
+              f"sibling share of errors {res['sibling_error_share']:.2f}")
+        rows += metric_rows("hsap", name, f"held-out short→long titles ({es_size(es)})", SOURCE_PUBLIC,
+                            res, ["acc@1", "acc@5", "mrr", "sibling_error_share"])
+    # Later stages take the aligned encoder that ranks held-out titles best (these titles are
+    # not the coder's test notes, so choosing here leaks nothing into the coder's numbers).
+    chosen = max(dirs, key=lambda n: results[n]["mrr"])
+    print(f"  later stages use {chosen} ({dirs[chosen].name})")
+    return dirs[chosen]
+
+
+def _corpus(G, run: Path, cfg: DemoConfig) -> Path:
+    from coder.data.datasets import read_split
+    from coder.data.synth import SynthConfig, prepare_synth
+
+    data = run / "data"
+    prepare_synth(G, data, SynthConfig(docs=cfg.synth_docs, seed=cfg.seed, words_min=cfg.words_min,
+                                       words_max=cfg.words_max, progress=False), graph_dir=str(run / "graph"))
+    for name in ("full", "50", "rare50"):
+        n = {sp: len(read_split(data / name, sp)) for sp in ("train", "dev", "test")}
+        print(f"  {name:<7} train {n['train']}  dev {n['dev']}  test {n['test']}")
+    return data
+
+
+def _coders(data: Path, long_dir: Path, run: Path, cfg: DemoConfig, rows: list[dict]) -> dict[str, dict]:
+    """Every system on every set: trained, evaluated on test, rows and per-code F1 for the plots."""
+    from coder.config import CoderConfig
+    from coder.data.datasets import read_split
+    from coder.evaluation.evaluate import SYSTEM_NAMES, evaluate_checkpoint
+    from coder.evaluation.hierarchy_metrics import SUMMARY_NAMES as HIER_ROWS  # hier_f1 + FP distance shares
+    from coder.training import train_coder
+    from kept.results import metric_rows
+
+    plots: dict[str, dict] = {}
+    for set_name in cfg.sets:
+        set_dir = data / set_name
+        train_docs = read_split(set_dir, "train")[:cfg.coder_train_docs]  # what the coders saw
+        for head in cfg.systems:
+            system = SYSTEM_NAMES[head]
+            out = run / "coder" / f"{set_name}-{head}"
+            # KEPT-code's template: its short descriptions leave ~550 of a note's ~630 tokens in the
+            # window, the paper's `desc :` form ~350 (docs/coder.md)
+            cc = CoderConfig(head=head, epochs=cfg.coder_epochs, lr=cfg.coder_lr, grad_accum=4, template="kept",
+                             global_stride=cfg.global_stride, seed=cfg.seed, graph=str(run / "graph"))
+            print(f"  {system} on synth-{set_name}", flush=True)
+            train_coder(set_dir, long_dir, out, cc, max_docs=cfg.coder_train_docs)
+            res = evaluate_checkpoint(out / "best", set_dir, out / "eval", system=system, max_docs=cfg.eval_docs)
+            m = res["metrics"]
+            print(f"    test micro-F1 {m['micro_f1']:.3f}  macro-F1 {m['macro_f1']:.3f}  "
+                  f"micro-AUC {m['micro_auc']:.3f}  macro-AUC {m['macro_auc']:.3f}")
+            rows += metric_rows("coder", system, f"synth-{set_name}", SOURCE_SYNTH,
+                                {**m, **res["hierarchical"]["metrics"]},
+                                ["micro_auc", "macro_auc", "micro_f1", "macro_f1", "macro_f1_mean", "p@5", *HIER_ROWS])
+            plots.setdefault(set_name, {})[system] = _f1_series(out / "eval", train_docs, res["threshold"])
+    return plots
+
+
+def _full_label_space(G, hsap_dir: Path, data: Path, run: Path, cfg: DemoConfig, rows: list[dict]) -> None:
+    """The term index over the HSAP encoder, candidates for the full set, and the -50 prompted coder
+    reranking them."""
+    from coder.evaluation.hierarchy_metrics import SUMMARY_NAMES as HIER_ROWS
+    from coder.retrieval.candidates import RetrieveConfig, retrieve
+    from coder.retrieval.index import IndexConfig, build_index
+    from coder.retrieval.rerank import run_rerank
+    from kept.results import metric_rows
+
+    index_dir = run / "index"
+    build_index(hsap_dir, index_dir, G, IndexConfig())
+    cands = run / "candidates"
+    summary = retrieve(index_dir, data / "full", cands, RetrieveConfig(top_k=max(300, cfg.rerank_k)),
+                       max_docs=cfg.eval_docs)
+    rec = summary["splits"]["test"]
+    print("  test candidate recall: " + ", ".join(f"@{k} {rec[f'recall@{k}']:.3f}" for k in (50, 100, 300)))
+    for k in (50, 100, 300):
+        rows.append(dict(stage="retrieval", system="faiss (HSAP MiniLM)", dataset="synth-full test",
+                         data_source=SOURCE_SYNTH, metric=f"recall@{k}", value=float(rec[f"recall@{k}"])))
+    reranker = run / "coder" / f"{cfg.sets[0]}-prompt" / "best"
+    results = run_rerank(cands, data / "full", run / "rerank", reranker, k=cfg.rerank_k,
+                         prompt_codes=cfg.rerank_prompt_codes, max_docs=cfg.eval_docs)
+    for system, res in results.items():
+        rows += metric_rows("full", system, "synth-full", SOURCE_SYNTH,
+                            {**res["metrics"], **res["hierarchical"]["metrics"]},
+                            ["micro_f1", "macro_f1", "p@8", "p@15", "r@8", "r@15", "candidate_micro_auc", *HIER_ROWS])
+
+
+def _results(rows: list[dict], plots: dict[str, dict], run: Path, cfg: DemoConfig) -> None:
+    from kept.results import plot_f1_by_frequency, write_table
+
+    write_table(rows, run)
+    for set_name, series in plots.items():
+        plot_f1_by_frequency(series, run / f"f1_by_frequency_{set_name}.png",
+                             f"Per-code test F1 vs training frequency (synth-{set_name})", SOURCE_SYNTH)
+    (run / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
+    print((run / "results.md").read_text(encoding="utf-8"))
 
 
 def es_size(es) -> str:

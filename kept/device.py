@@ -1,8 +1,8 @@
-"""Device, precision and process-group choices shared by every training stage (HSAP, the coder).
+"""Device, precision and process-group choices shared by every stage (HSAP, the coder, the first stage).
 
 One home for what differs between a laptop, one GPU and `torchrun` on several: which device a rank
-uses, which autocast dtype a GPU really has, the DDP set-up, and the AMP optimizer step (clip, skip
-on overflow, schedule only steps that happened). Stages import these; none keeps its own copy.
+uses, which autocast dtype a GPU really has, and the DDP set-up. Stages import these; none keeps its
+own copy (the training loop's AMP step is in kept/trainer.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -66,33 +66,14 @@ def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | No
     return torch.bfloat16
 
 
-def make_scaler(dtype: torch.dtype | None) -> torch.amp.GradScaler:
-    """A loss scaler that is on only for fp16 (bf16 has fp32's range)."""
-    return torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and torch.cuda.is_available())
-
-
-def load_scaler_state(scaler: torch.amp.GradScaler, state: dict | None) -> None:
-    """Restore a scaler, tolerating a run saved with another precision: a bf16/fp32 run saves an
-    empty state, which an fp16 scaler refuses; it then starts from its initial scale."""
-    if state and scaler.is_enabled():
-        scaler.load_state_dict(state)
-
-
-def optimizer_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, scheduler,
-                   params: Iterable[torch.Tensor], max_grad_norm: float | None) -> bool:
-    """Unscale, clip, step, update; step the scheduler only if the optimizer stepped (an fp16
-    overflow skips it, and the schedule must not run ahead). Returns whether it stepped."""
-    scale = scaler.get_scale() if scaler.is_enabled() else None
-    scaler.unscale_(optimizer)
-    if max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(list(params), max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    stepped = scale is None or scaler.get_scale() >= scale  # the scale drops only on a skipped step
-    if stepped and scheduler is not None:
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return stepped
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """torch.autocast to `dtype` on `device`'s type; nothing for None (fp32)."""
+    if dtype is None:
+        yield
+    else:
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            yield
 
 
 class Dist:
@@ -128,21 +109,9 @@ class Dist:
             torch.distributed.barrier()
 
 
-@contextlib.contextmanager
-def maybe_no_sync(model: nn.Module, sync: bool) -> Iterator[None]:
-    """DDP's `no_sync()` on accumulation micro-steps that are not the last one (one all-reduce per
-    optimizer step instead of one per micro-step); a no-op for a plain module."""
-    if sync or not hasattr(model, "no_sync"):
-        yield
-    else:
-        with model.no_sync():
-            yield
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DDP (for saving, evaluation and attribute access)."""
     return getattr(model, "module", model)
 
 
-__all__ = ["resolve_device", "local_rank", "bf16_supported", "amp_dtype", "make_scaler", "load_scaler_state",
-           "optimizer_step", "Dist", "maybe_no_sync", "unwrap", "PRECISIONS"]
+__all__ = ["resolve_device", "local_rank", "bf16_supported", "amp_dtype", "autocast", "Dist", "unwrap", "PRECISIONS"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import networkx as nx
 
 from kept.argtypes import positive_int
+from kept.cli import force_option, graph_option
 from kgraph import query
 
 
@@ -155,8 +156,7 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="graph_command", metavar="ACTION", required=True)
 
     def with_graph(sp):
-        sp.add_argument("--graph", help="graph directory from `kept graph build` "
-                                        "(default: $KEPT_GRAPH, else the bundled ICD-9-CM graph)")
+        graph_option(sp)
         return sp
 
     b = sub.add_parser("build", help="build the graph and save it to a directory")
@@ -164,8 +164,7 @@ def register(subparsers) -> None:
     b.add_argument("--lrabr", help="SPECIALIST Lexicon LRABR: abbreviations")
     b.add_argument("--keep-suppressed", action="store_true", help="keep SUPPRESS=O/E/Y rows")
     b.add_argument("--out", required=True, help="output directory (replaced atomically)")
-    b.add_argument("--force", action="store_true",
-                   help="replace --out even if it is a file or a folder kept did not write")
+    force_option(b)
     b.add_argument("--allow-empty", action="store_true",
                    help="build even when MRCONSO or LRABR adds nothing (empty, no English rows)")
     b.set_defaults(func=cmd_build)

@@ -8,7 +8,9 @@ import json
 import pytest
 import torch
 
-from coder.modeling import PromptCoder, enable_checkpointing, load_mlm, load_tokenizer, set_trainable
+from coder.models.prompt_coder import PromptCoder
+from coder.models.tuning import enable_checkpointing, set_trainable
+from kept.hf import load_mlm, load_tokenizer
 from coder.models.prompts import build_examples, build_prompts, collate
 from coder.models.verbalizer import build_verbalizer
 from tests.conftest import TINY_CODES, tiny_descriptions

@@ -10,9 +10,13 @@ import pytest
 import torch
 
 from coder.data.datasets import read_split
-from coder.evaluation.evaluate import evaluate_checkpoint, load_coder, score_codes
+from coder.evaluation.evaluate import evaluate_checkpoint
+from coder.models.scorer import load_coder, score_codes
 from coder.models.label_attention import LabelAttentionCoder
-from coder.modeling import PromptCoder, load_config, load_mlm, load_tokenizer, set_trainable
+from coder.config import load_config
+from coder.models.prompt_coder import PromptCoder
+from coder.models.tuning import set_trainable
+from kept.hf import load_mlm, load_tokenizer
 from coder.predict import predict_note
 from coder.models.prompts import build_examples, build_prompts, collate
 from coder.training import train_coder
@@ -191,7 +195,7 @@ def test_partial_tuning_modes(tiny_longformer_dir):
 
 
 def test_partial_modes_with_a_label_attention_head_train_that_head(tiny_longformer_dir):
-    from coder.modeling import load_encoder
+    from kept.hf import load_encoder
 
     enc = load_encoder(tiny_longformer_dir)
     head = torch.nn.Linear(4, 4)

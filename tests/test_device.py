@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kept.device import amp_dtype, bf16_supported, load_scaler_state, optimizer_step, resolve_device
+from kept.device import amp_dtype, bf16_supported, resolve_device
+from kept.trainer import load_scaler_state, optimizer_step
 
 
 def test_bare_cuda_maps_to_this_ranks_gpu():

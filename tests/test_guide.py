@@ -130,7 +130,7 @@ def tiny(tiny_longformer_dir, tmp_path_factory) -> dict[str, Path]:
     (for MiniLM: the CPU try's 1,024-token prompts are sized for a real vocabulary)."""
     from transformers import AutoTokenizer
 
-    from contrastive.encoder import default_model_path
+    from kept.hf import default_model_path
     from tests.conftest import build_tiny_bert_mlm
 
     bert = tmp_path_factory.mktemp("tiny_bert")

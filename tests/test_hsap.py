@@ -10,7 +10,7 @@ import torch
 
 import kgraph
 from conftest import wordpiece_tokenizer
-from contrastive.encoder import TermEncoder
+from kept.encoder import TermEncoder
 from contrastive.evaluate import eval_set, evaluate
 from contrastive.losses import HierarchicalTripletLoss, InfoNCELoss
 from contrastive.sampling import BatchSampler, SamplerConfig, heldout_split
@@ -153,7 +153,7 @@ def test_minilm_first_token_vectors_are_meaningful():
 
 def test_pooling_is_recorded_and_followed(G, tiny, tmp_path):
     """A mean-pooled run says so in its folder, and `auto` (hsap eval, coder index) embeds that way."""
-    from contrastive.encoder import detect_pooling
+    from kept.encoder import detect_pooling
 
     enc = TermEncoder.load(tiny, max_length=32, pooling="mean")
     texts = ["dmii wo cmp nt st uncntrl", "anemia"]
@@ -172,7 +172,7 @@ def test_masked_lm_checkpoint_keeps_its_head_through_hsap(G, tiny, tmp_path):
     """HSAP on Clinical-Longformer-style MLM checkpoints: the output still loads as a coder's MLM."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from coder.modeling import load_mlm
+    from kept.hf import load_mlm
 
     src = tmp_path / "mlm"
     cfg = BertConfig.from_pretrained(str(tiny))

@@ -30,7 +30,7 @@ def test_sentence_spans_offsets_and_long_sentences():
 
 
 def test_token_spans_match_encoder_chunks(encoder_dir):  # noqa: F811
-    from coder.retrieval.embed import load_encoder
+    from kept.encoder import load_encoder
     from coder.retrieval.spans import token_window_spans
 
     enc = load_encoder(encoder_dir, "mean")
@@ -65,9 +65,10 @@ def test_pairs_fusion_and_rrf_by_hand():
 
 @pytest.mark.parametrize("method", ["lexical", "hybrid", "rrf", "dense"])
 def test_search_spans_finds_named_code_with_evidence(index_dir, method):  # noqa: F811
-    from coder.retrieval.embed import load_encoder
+    from kept.encoder import load_encoder
     from coder.retrieval.hybrid import load_lexical, search_spans
-    from coder.retrieval.candidates import RetrieveConfig, load_index
+    from coder.retrieval.candidates import RetrieveConfig
+    from coder.retrieval.index import load_index
 
     ti = load_index(index_dir)
     enc = load_encoder(ti.meta["model"], ti.meta["pooling"])
@@ -106,7 +107,7 @@ def test_retrieve_cli_methods(index_dir, tmp_path):  # noqa: F811
 
 
 def test_semantic_graph_search(index_dir, capsys):  # noqa: F811
-    from coder.retrieval.candidates import load_index
+    from coder.retrieval.index import load_index
     from coder.retrieval.term_search import semantic_search
     from kept.cli import main
 
@@ -124,7 +125,8 @@ def test_semantic_graph_search(index_dir, capsys):  # noqa: F811
 
 def test_predict_with_index_prints_evidence(coder_dir, index_dir, tmp_path, capsys):  # noqa: F811
     from coder.predict import predict_with_index
-    from coder.retrieval.candidates import RetrieveConfig, load_index
+    from coder.retrieval.candidates import RetrieveConfig
+    from coder.retrieval.index import load_index
     from kept.cli import main
 
     ti = load_index(index_dir)

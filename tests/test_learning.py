@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from coder.data.datasets import read_split
-from coder.evaluation.evaluate import label_matrix
+from coder.data.datasets import label_matrix
 from coder.evaluation.metrics import all_metrics, tune_threshold
-from coder.modeling import load_config
+from coder.config import load_config
 from coder.training import train_coder
 from tests.conftest import TINY_CODES, _notes, write_set
 

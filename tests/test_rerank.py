@@ -74,7 +74,7 @@ def test_threshold_is_tuned_on_dev_only():
 
 @pytest.fixture(scope="module")
 def coder_dir(tiny_longformer_dir, tiny_data_dir, tmp_path_factory):
-    from coder.modeling import load_config
+    from coder.config import load_config
     from coder.training import train_coder
 
     out = tmp_path_factory.mktemp("coder")
@@ -106,7 +106,7 @@ def full_set(tmp_path_factory):
 
 def test_rerank_end_to_end(coder_dir, full_set, tmp_path):
     from coder.data.datasets import read_split
-    from coder.evaluation.evaluate import load_coder, score_codes
+    from coder.models.scorer import load_coder, score_codes
     from coder.retrieval.rerank import RERANK_SYSTEM, STAGE1_SYSTEM, run_rerank
 
     set_dir, cdir = full_set
@@ -154,7 +154,7 @@ def test_rerank_cli_stage1_only(full_set, tmp_path, capsys):
 
 
 def test_a_prompt_with_no_room_for_the_note_is_found_before_scoring(coder_dir):
-    from coder.evaluation.evaluate import load_coder
+    from coder.models.scorer import load_coder
     from coder.retrieval.rerank import check_prompt_room
     from kept.errors import KeptError
 

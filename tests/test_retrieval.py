@@ -37,7 +37,7 @@ def subgraph():
 
 @pytest.fixture(scope="module")
 def index_dir(encoder_dir, subgraph, tmp_path_factory):
-    from coder.retrieval.candidates import IndexConfig, build_index
+    from coder.retrieval.index import IndexConfig, build_index
 
     out = tmp_path_factory.mktemp("idx") / "index"
     build_index(encoder_dir, out, subgraph, IndexConfig(pooling="cls"), progress=False)
@@ -45,7 +45,7 @@ def index_dir(encoder_dir, subgraph, tmp_path_factory):
 
 
 def test_term_table_leaves_only_unless_all_codes(subgraph):
-    from coder.retrieval.candidates import term_table
+    from coder.retrieval.index import term_table
     from kgraph.query import terms_of
 
     leaves = term_table(subgraph)
@@ -56,7 +56,7 @@ def test_term_table_leaves_only_unless_all_codes(subgraph):
 
 
 def test_index_round_trip(index_dir, subgraph):
-    from coder.retrieval.candidates import load_index, term_table
+    from coder.retrieval.index import load_index, term_table
 
     ti = load_index(index_dir)
     meta = json.loads((index_dir / "index.json").read_text())
@@ -65,17 +65,17 @@ def test_index_round_trip(index_dir, subgraph):
     assert list(ti.terms.columns) == ["code", "term", "kind"]
     assert [ti.codes[j] for j in ti.row_code] == ti.terms["code"].tolist()
     # the stored vectors are the encoder's unit vectors of each row's term
-    from coder.retrieval.embed import load_encoder
+    from kept.encoder import load_encoder
 
     enc = load_encoder(meta["model"], "cls")
     rows = [0, 5, len(ti.terms) - 1]
     stored = np.stack([ti.index.reconstruct(r) for r in rows])
-    np.testing.assert_allclose(stored, enc.encode(ti.terms["term"].iloc[rows].tolist()), atol=1e-5)
+    np.testing.assert_allclose(stored, enc.embed(ti.terms["term"].iloc[rows].tolist()), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
 
 
 def test_missing_index_file_names_it(index_dir, tmp_path):
-    from coder.retrieval.candidates import load_index
+    from coder.retrieval.index import load_index
     from kept.errors import InputFileError
 
     with pytest.raises(InputFileError, match="terms.faiss"):
@@ -83,7 +83,7 @@ def test_missing_index_file_names_it(index_dir, tmp_path):
 
 
 def test_flat_search_equals_numpy_brute_force(index_dir):
-    from coder.retrieval.candidates import load_index
+    from coder.retrieval.index import load_index
 
     ti = load_index(index_dir)
     x = ti.index.reconstruct_n(0, ti.index.ntotal)
@@ -97,7 +97,7 @@ def test_flat_search_equals_numpy_brute_force(index_dir):
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_indexes_find_the_exact_neighbours(kind):
-    from coder.retrieval.candidates import IndexConfig, make_index
+    from coder.retrieval.index import IndexConfig, make_index
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2000, 16)).astype(np.float32)
@@ -133,7 +133,7 @@ def test_aggregation_hand_example():
 
 def _brute_force_top(ti, enc, text, cfg, top_k):
     x = ti.index.reconstruct_n(0, ti.index.ntotal)
-    c = enc.encode_ids(enc.chunk_ids(text, cfg.chunk_tokens, cfg.chunk_stride))
+    c = enc.embed_ids(enc.chunk_ids(text, cfg.chunk_tokens, cfg.chunk_stride))
     best = (c @ x.T).max(axis=0)  # max over chunks, per term
     per_code = np.full(len(ti.codes), -np.inf)
     np.maximum.at(per_code, ti.row_code, best)  # max over the code's terms
@@ -142,8 +142,9 @@ def _brute_force_top(ti, enc, text, cfg, top_k):
 
 
 def test_search_max_is_exact_and_fills_top_k(index_dir):
-    from coder.retrieval.embed import load_encoder
-    from coder.retrieval.candidates import RetrieveConfig, load_index, search_notes
+    from kept.encoder import load_encoder
+    from coder.retrieval.candidates import RetrieveConfig, search_notes
+    from coder.retrieval.index import load_index
 
     ti = load_index(index_dir)
     enc = load_encoder(ti.meta["model"], ti.meta["pooling"])
@@ -163,7 +164,7 @@ def test_search_max_is_exact_and_fills_top_k(index_dir):
 
 
 def test_chunks_overlap_and_cover_the_note(encoder_dir):
-    from coder.retrieval.embed import load_encoder
+    from kept.encoder import load_encoder
 
     enc = load_encoder(encoder_dir, "mean")
     text = " ".join(["heart failure edema lasix"] * 30)
@@ -172,7 +173,7 @@ def test_chunks_overlap_and_cover_the_note(encoder_dir):
     assert all(len(c) == 16 for c in chunks) and chunks[0] == ids[:16] and chunks[1] == ids[8:24]
     assert chunks[-1] == ids[-16:]
     assert len(enc.chunk_ids(text, 1000, 500)[0]) == 64 - 2  # capped at the encoder's positions
-    v = enc.encode(["heart failure", "insulin"])
+    v = enc.embed(["heart failure", "insulin"])
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
 
 
@@ -231,17 +232,18 @@ def test_gpu_index_never_asked_more_than_its_limit(index_dir, monkeypatch):
     """faiss-gpu answers k <= 2048; the automatic k and the widening loop go past it on a large
     index: those searches must go to the CPU copy, with the same results."""
     import coder.retrieval.candidates as R
-    from coder.retrieval.embed import load_encoder
+    import coder.retrieval.index as I
+    from kept.encoder import load_encoder
 
-    ti = R.load_index(index_dir)
+    ti = I.load_index(index_dir)
     enc = load_encoder(ti.meta["model"], ti.meta["pooling"])
     texts = [t for t, _ in _notes(2, 7)]
     limit = 8  # the index here is small: scale faiss-gpu's 2048 down with it
-    monkeypatch.setattr(R, "GPU_MAX_K", limit)
+    monkeypatch.setattr(I, "GPU_MAX_K", limit)
     for k_terms in (0, 1):  # automatic k (top_k * terms per code > limit) and the widening loop
         cfg = R.RetrieveConfig(top_k=20, chunk_tokens=16, chunk_stride=8, k_terms=k_terms)
         want = R.search_notes(ti, enc, texts, cfg, progress=False)
-        gpu = R.TermIndex(FakeGpuIndex(ti.index, limit), ti.terms, ti.meta, cpu_index=ti.index)
+        gpu = I.TermIndex(FakeGpuIndex(ti.index, limit), ti.terms, ti.meta, cpu_index=ti.index)
         got = R.search_notes(gpu, enc, texts, cfg, progress=False)
         assert max(gpu.index.asked, default=0) <= limit and (k_terms == 0 or gpu.index.asked)
         for (wc, ws), (gc, gs) in zip(want, got):

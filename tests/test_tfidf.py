@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from coder.data.datasets import read_split
-from coder.evaluation.evaluate import evaluate_checkpoint, load_coder, score_codes
-from coder.modeling import load_config
+from coder.evaluation.evaluate import evaluate_checkpoint
+from coder.models.scorer import load_coder, score_codes
+from coder.config import load_config
 from coder.predict import predict_note
 from coder.models.tfidf import UNSEEN_LOGIT, TfidfLR
 from coder.training import train_coder

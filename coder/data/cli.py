@@ -1,46 +1,20 @@
-"""`kept data mimic | synth | stats`: thin argparse wrappers over coder.data.mimic, coder.data.synth, coder.data.stats."""
+"""`kept data mimic | synth | stats`: thin argparse wrappers over coder.data.mimic, .synth and .stats."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
 
 from kept.argtypes import nonnegative_float, positive_float, positive_int
-from kept.cli import config_defaults
-from kept.errors import InputFileError, KeptError
+from kept.cli import config_defaults, force_option, graph_option
+from kept.config import load_config
+from kept.errors import InputFileError
 from kept.io import check_out_dir
 
 log = logging.getLogger(__name__)
-
-
-def load_config(cls, path: str | None, section: str, overrides: dict):
-    """A config dataclass from defaults, then `[section]` of a TOML file (or its top level),
-    then the command-line values that were given."""
-    values: dict = {}
-    if path:
-        from kept.toml import tomllib
-
-        p = Path(path)
-        if not p.is_file():
-            raise InputFileError(p, "config file not found")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise InputFileError(p, f"not valid TOML: {exc}") from exc
-        values = data.get(section, data)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise KeptError(f"unknown {section} settings {unknown}; known: {sorted(names)}")
-    for k, v in values.items():
-        if isinstance(v, list):
-            values[k] = tuple(v)
-    return cls(**values)
 
 
 def read_code_list(path: str) -> tuple[str, ...]:
@@ -121,8 +95,7 @@ def _rare_args(p: argparse.ArgumentParser) -> None:
                    help="train shots a rare code needs (default 1, the paper's rule)")
     p.add_argument("--config", help="TOML file with the settings (a [mimic] or [synth] table)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--force", action="store_true",
-                   help="replace --out even if it is a file or a folder kept did not write")
+    force_option(p)
 
 
 def register(subparsers) -> None:
@@ -146,8 +119,7 @@ def register(subparsers) -> None:
     config_defaults(m, "coder.data.mimic:MimicConfig")
 
     s = sub.add_parser("synth", help="licence-free synthetic discharge summaries in MIMIC's layout")
-    s.add_argument("--graph", help="graph folder from `kept graph build` "
-                                   "(default: $KEPT_GRAPH, else the bundled ICD-9-CM titles)")
+    graph_option(s)
     s.add_argument("--out", required=True, help="output data-set folder")
     s.add_argument("--docs", type=positive_int, help="number of notes (default 600)")
     s.add_argument("--words-min", type=positive_int, help="shortest note in words, as `data stats` counts them "

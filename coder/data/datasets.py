@@ -14,12 +14,13 @@ from __future__ import annotations
 import csv
 import json
 import random
-import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
+
+import numpy as np
 
 from kept.errors import InputFileError, KeptError
 from kept.io import atomic_dir, atomic_write, input_error, open_text
@@ -262,3 +263,14 @@ def seeded_split(docs: Sequence[Document], fractions: tuple[float, float, float]
     parts = {"train": keys[:n_train], "dev": keys[n_train:n_train + n_dev],
              "test": keys[n_train + n_dev:]}
     return {s: [d for k in parts[s] for d in groups[k]] for s in SPLITS}
+
+
+def label_matrix(docs, codes: Sequence[str]) -> np.ndarray:
+    """(docs, codes) 0/1 matrix of gold labels; labels outside `codes` are left out."""
+    col = {c: j for j, c in enumerate(codes)}
+    y = np.zeros((len(docs), len(codes)), dtype=np.uint8)
+    for i, d in enumerate(docs):
+        for c in d.labels:
+            if c in col:
+                y[i, col[c]] = 1
+    return y

@@ -55,9 +55,9 @@ def dataset_stats(data_dir: str | Path, tokenizer: str | None = None) -> dict[st
                                        "directories written by `kept data mimic` or `kept data synth`)")
     length = None
     if tokenizer:
-        from transformers import AutoTokenizer  # only when asked: it is a heavy import
+        from kept.hf import load_tokenizer  # only when asked: transformers is a heavy import
 
-        tok = AutoTokenizer.from_pretrained(tokenizer)
+        tok = load_tokenizer(tokenizer, checkpoint=False)
         tok.model_max_length = 10**9  # counting, not encoding for a model: no length warning
 
         def length(texts: list[str]) -> list[int]:

@@ -191,47 +191,9 @@ def make_note(G: nx.DiGraph, labels: list[str], pool: list[str], cfg: SynthConfi
     sec: dict[str, list[str]] = {s: [] for s in SECTION_ORDER}
     kinds = {c: G.nodes[c]["kind"] for c in labels}
     variants = {c: term_variants(G, c) for c in labels}
-    dx = [c for c in labels if kinds[c] == "dx"]
-    proc = [c for c in labels if kinds[c] == "proc"]
-    first = variants[labels[0]]
-    sec["Chief Complaint"].append(rng.choice(first))
-    sec["Major Surgical or Invasive Procedure"].append(
-        ", ".join(rng.choice(variants[c]) for c in proc) if proc else "None")
-    age, sex = rng.randint(19, 95), rng.choice(("F", "M"))
-    sec["History of Present Illness"].append(
-        f"{age} year old {'woman' if sex == 'F' else 'man'} admitted from "
-        f"{rng.choice(('home', 'the ED', 'an outside hospital', 'rehab'))}.")
-    homes = {"dx": ("History of Present Illness", "Past Medical History", "Brief Hospital Course"),
-             "proc": ("Brief Hospital Course", "History of Present Illness")}
-    for c in labels:
-        templates = POS_DX if kinds[c] == "dx" else POS_PROC
-        for _ in range(rng.randint(1, 3)):  # 1-3 mentions, each in a section the paper keeps
-            sec[rng.choice(homes[kinds[c]])].append(_fmt(rng.choice(templates), rng.choice(variants[c]), rng))
-    listed = [c for i, c in enumerate(dx) if i < 2 or rng.random() < 0.5]
-    sec["Discharge Diagnosis"].extend(rng.choice(variants[c]) for c in listed)
-    # Hard negatives: a label's sibling, negated or in the past; never itself a label.
-    label_set = set(labels)
-    for _ in range(np.random.default_rng(rng.getrandbits(32)).poisson(cfg.negatives_mean)):
-        anchor = rng.choice(labels)
-        sibs = [s for s in siblings(G, anchor) if G.nodes[s].get("leaf") and s not in label_set
-                and terms_of(G, s)]
-        if sibs:
-            s = rng.choice(sibs)
-            templates = NEG_DX if kinds[anchor] == "dx" else NEG_PROC
-            sec[rng.choice(("History of Present Illness", "Brief Hospital Course", "Past Medical History"))
-                ].append(_fmt(rng.choice(templates), rng.choice(term_variants(G, s)), rng))
-    other = rng.choice(pool)
-    if other not in label_set and G.nodes[other]["kind"] == "dx":
-        sec["Family History"].append(_fmt(rng.choice(FAMILY), rng.choice(term_variants(G, other)), rng))
-    sec["Social History"].append(rng.choice(("Lives alone.", "Lives with spouse.", "Retired teacher.",
-                                             "Former smoker, quit 10 years ago.", "No alcohol use.")))
-    sec["Medications on Admission"].append(", ".join(m.title() for m in rng.sample(MEDS, 4)))
-    sec["Discharge Disposition"].append(rng.choice(("Home", "Home With Service", "Extended Care")))
-    sec["Discharge Condition"].append(rng.choice(("Stable.", "Good, ambulating.", "Fair.")))
-    sec["Followup Instructions"].append("Follow up with [**Last Name (STitle) **] in 2 weeks.")
-    for name, lines in sec.items():
-        if name != "Discharge Diagnosis":  # the primary diagnoses stay first there
-            rng.shuffle(lines)
+    sex = _mention_labels(sec, labels, kinds, variants, rng)
+    _hard_negatives(G, sec, labels, kinds, cfg, rng)
+    _background(G, sec, labels, pool, rng)
     style = rng.choice(HEADER_STYLES)
     head = (f"Admission Date: [**2151-{rng.randint(1, 12)}-{rng.randint(1, 28)}**] Discharge Date: "
             f"[**2151-{rng.randint(1, 12)}-{rng.randint(1, 28)}**]\nDate of Birth: [**2090-1-1**] "
@@ -254,6 +216,64 @@ def make_note(G: nx.DiGraph, labels: list[str], pool: list[str], cfg: SynthConfi
         sec[name].insert(rng.randint(0, len(sec[name])), text)
         words += n
     return assemble() + "\n"
+
+
+def _mention_labels(sec: dict[str, list[str]], labels: list[str], kinds: dict[str, str],
+                    variants: dict[str, list[str]], rng: random.Random) -> str:
+    """Every label mentioned 1-3 times in sections the paper keeps, the procedures and the first
+    diagnoses listed; returns the patient's sex for the header."""
+    dx = [c for c in labels if kinds[c] == "dx"]
+    proc = [c for c in labels if kinds[c] == "proc"]
+    first = variants[labels[0]]
+    sec["Chief Complaint"].append(rng.choice(first))
+    sec["Major Surgical or Invasive Procedure"].append(
+        ", ".join(rng.choice(variants[c]) for c in proc) if proc else "None")
+    age, sex = rng.randint(19, 95), rng.choice(("F", "M"))
+    sec["History of Present Illness"].append(
+        f"{age} year old {'woman' if sex == 'F' else 'man'} admitted from "
+        f"{rng.choice(('home', 'the ED', 'an outside hospital', 'rehab'))}.")
+    homes = {"dx": ("History of Present Illness", "Past Medical History", "Brief Hospital Course"),
+             "proc": ("Brief Hospital Course", "History of Present Illness")}
+    for c in labels:
+        templates = POS_DX if kinds[c] == "dx" else POS_PROC
+        for _ in range(rng.randint(1, 3)):  # 1-3 mentions, each in a section the paper keeps
+            sec[rng.choice(homes[kinds[c]])].append(_fmt(rng.choice(templates), rng.choice(variants[c]), rng))
+    listed = [c for i, c in enumerate(dx) if i < 2 or rng.random() < 0.5]
+    sec["Discharge Diagnosis"].extend(rng.choice(variants[c]) for c in listed)
+    return sex
+
+
+def _hard_negatives(G: nx.DiGraph, sec: dict[str, list[str]], labels: list[str], kinds: dict[str, str],
+                    cfg: SynthConfig, rng: random.Random) -> None:
+    """A label's sibling, negated or in the past; never itself a label."""
+    label_set = set(labels)
+    for _ in range(np.random.default_rng(rng.getrandbits(32)).poisson(cfg.negatives_mean)):
+        anchor = rng.choice(labels)
+        sibs = [s for s in siblings(G, anchor) if G.nodes[s].get("leaf") and s not in label_set
+                and terms_of(G, s)]
+        if sibs:
+            s = rng.choice(sibs)
+            templates = NEG_DX if kinds[anchor] == "dx" else NEG_PROC
+            sec[rng.choice(("History of Present Illness", "Brief Hospital Course", "Past Medical History"))
+                ].append(_fmt(rng.choice(templates), rng.choice(term_variants(G, s)), rng))
+
+
+def _background(G: nx.DiGraph, sec: dict[str, list[str]], labels: list[str], pool: list[str],
+                rng: random.Random) -> None:
+    """Family and social history, medications, disposition: the rest of a discharge summary, each
+    section's lines shuffled (the primary diagnoses stay first)."""
+    other = rng.choice(pool)
+    if other not in set(labels) and G.nodes[other]["kind"] == "dx":
+        sec["Family History"].append(_fmt(rng.choice(FAMILY), rng.choice(term_variants(G, other)), rng))
+    sec["Social History"].append(rng.choice(("Lives alone.", "Lives with spouse.", "Retired teacher.",
+                                             "Former smoker, quit 10 years ago.", "No alcohol use.")))
+    sec["Medications on Admission"].append(", ".join(m.title() for m in rng.sample(MEDS, 4)))
+    sec["Discharge Disposition"].append(rng.choice(("Home", "Home With Service", "Extended Care")))
+    sec["Discharge Condition"].append(rng.choice(("Stable.", "Good, ambulating.", "Fair.")))
+    sec["Followup Instructions"].append("Follow up with [**Last Name (STitle) **] in 2 weeks.")
+    for name, lines in sec.items():
+        if name != "Discharge Diagnosis":  # the primary diagnoses stay first there
+            rng.shuffle(lines)
 
 
 def draw_labels(pool: list[str], cfg: SynthConfig, rng: np.random.Generator) -> list[list[str]]:

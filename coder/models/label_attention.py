@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from coder.modeling import base_encoder, supports_global_attention
+from coder.models.prompt_coder import supports_global_attention
+from coder.models.tuning import base_encoder
 
 HEAD_FILE = "label_attention_head.pt"
 
@@ -80,7 +81,7 @@ class LabelAttentionCoder(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> "LabelAttentionCoder":
-        from coder.modeling import load_encoder
+        from kept.hf import load_encoder
 
         model = cls(load_encoder(path))
         head_file = Path(path) / HEAD_FILE

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from coder.modeling import OFFSET_POSITION_TYPES, _offline, _require_dir, model_max_length
+from kept.hf import OFFSET_POSITION_TYPES, load_tokenizer, model_max_length, require_dir
 from kept.errors import KeptError
 from kept.io import atomic_dir, check_out_dir
 
@@ -170,16 +170,15 @@ def longify_model(src: nn.Module, max_length: int = 4096, attention_window: int 
 def longify(model_path: str | Path, out_dir: str | Path, max_length: int = 4096,
             attention_window: int | None = None, force: bool = False) -> Path:
     """Convert the checkpoint at `model_path` and write model + tokenizer to `out_dir` (atomically)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
-    _offline()
     check_out_dir(out_dir, force)  # before the slow part
-    src_dir = _require_dir(model_path, "a BERT/RoBERTa checkpoint")
+    src_dir = require_dir(model_path, "a BERT/RoBERTa checkpoint")
     cfg = AutoConfig.from_pretrained(str(src_dir))
     # Load the MLM head only when the checkpoint declares one (MiniLM is a bare BertModel).
     has_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in (cfg.architectures or []))
     src = AutoModelForMaskedLM.from_pretrained(str(src_dir)) if has_head else AutoModel.from_pretrained(str(src_dir))
-    tokenizer = AutoTokenizer.from_pretrained(str(src_dir))
+    tokenizer = load_tokenizer(src_dir)
     long_model = longify_model(src.eval(), max_length, attention_window)
     tokenizer.model_max_length = max_length
     with atomic_dir(out_dir, force=force) as tmp:

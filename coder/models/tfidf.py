@@ -117,9 +117,9 @@ def train_tfidf(set_dir: Path, out: Path, config, codes: list[str], train_docs, 
     """`kept coder train --head tfidf-lr` (called by `coder.training.train_coder`, which reads and
     checks the set): fit on train, tune the threshold on dev, write OUT/best in the same layout as
     the neural coders (kept_coder.json beside the weights) and history.json."""
-    from coder.evaluation.evaluate import label_matrix
+    from coder.data.datasets import label_matrix
     from coder.evaluation.metrics import all_metrics, tune_threshold
-    from coder.modeling import write_coder_file
+    from coder.models.checkpoint import write_coder_file
     from coder.models.prompts import code_descriptions
     from kept.io import atomic_dir, atomic_write, dump_json
 

@@ -6,12 +6,14 @@ import argparse
 import json
 import logging
 
+from kept.cli import force_option, graph_option
+
 log = logging.getLogger(__name__)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     import kgraph
-    from coder.retrieval.candidates import IndexConfig, build_index
+    from coder.retrieval.index import IndexConfig, build_index
 
     config = IndexConfig(pooling=args.pooling, max_length=args.max_length, batch_size=args.batch_size,
                          index_type=args.index_type, all_codes=args.all_codes, gpu=args.gpu, device=args.device)
@@ -59,15 +61,12 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(coder_subparsers: argparse._SubParsersAction) -> None:
-    """Add `index`, `retrieve` and `rerank` to the `kept coder` command."""
+def add_index(coder_subparsers: argparse._SubParsersAction) -> None:
     p = coder_subparsers.add_parser("index", help="embed every term of every code into a FAISS index")
     p.add_argument("--model", required=True, help="encoder checkpoint folder (HSAP output or any HF encoder)")
-    p.add_argument("--graph", help="graph folder from `kept graph build` "
-                                   "(default: $KEPT_GRAPH, else the bundled ICD-9-CM titles)")
+    graph_option(p)
     p.add_argument("--out", required=True, help="index folder (terms.faiss, terms.parquet, index.json)")
-    p.add_argument("--force", action="store_true",
-                   help="replace --out even if it is a file or a folder kept did not write")
+    force_option(p)
     p.add_argument("--pooling", default="auto", choices=("auto", "cls", "mean"),
                    help="auto: mean for sentence-transformers folders that say so, else cls (HSAP)")
     p.add_argument("--max-length", type=int, default=32, help="tokens per term (default 32)")
@@ -81,6 +80,8 @@ def register(coder_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_index)
 
+
+def add_retrieve(coder_subparsers: argparse._SubParsersAction) -> None:
     p = coder_subparsers.add_parser("retrieve", help="top-k candidate codes per note from a term index")
     p.add_argument("--index", required=True, help="folder from `kept coder index`")
     p.add_argument("--data", required=True, help="set directory (e.g. DATA/full)")
@@ -113,6 +114,8 @@ def register(coder_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_retrieve)
 
+
+def add_rerank(coder_subparsers: argparse._SubParsersAction) -> None:
     p = coder_subparsers.add_parser("rerank", help="rescore candidates with the prompted coder; evaluate both stages")
     p.add_argument("--candidates", required=True,
                    help="folder (or a file in it) with candidates_dev.parquet and candidates_test.parquet")
@@ -129,3 +132,7 @@ def register(coder_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_rerank)
+
+
+# What `kept coder` adds from here (coder/cli.py), in the order its help lists them.
+COMMANDS = (add_index, add_retrieve, add_rerank)

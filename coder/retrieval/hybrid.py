@@ -141,7 +141,7 @@ def _rank_note(ti, lex, texts, embs, hits, k: int, config, allowed, want: int):
 
 def search_spans(ti, encoder, lex, texts: Sequence[str], config, allowed: np.ndarray | None = None,
                  progress: bool = True) -> list[NoteHits]:
-    """Top-k NoteHits per note. `ti` a TermIndex, `encoder` an Encoder (unused by `lexical`), `lex`
+    """Top-k NoteHits per note. `ti` a TermIndex, `encoder` a TermEncoder (unused by `lexical`), `lex`
     a LexicalIndex (unused by `dense`), `config` a RetrieveConfig, `allowed` a mask over ti.codes.
     Notes go `config.batch_notes` at a time through the encoder and FAISS: one search call per
     batch, since FAISS's per-call cost dominates a single note's few dozen spans."""
@@ -160,7 +160,7 @@ def search_spans(ti, encoder, lex, texts: Sequence[str], config, allowed: np.nda
         bounds = np.cumsum([0] + [len(p) for p in pieces])
         embs = sims = ids = None
         if config.method != "lexical":
-            embs = encoder.encode([p for ps in pieces for p in ps], _max_tokens(config), config.batch_size)
+            embs = encoder.embed([p for ps in pieces for p in ps], config.batch_size, max_length=_max_tokens(config))
             sims, ids = ti.index.search(embs, k)
         for i, text in enumerate(batch):
             a, b = bounds[i], bounds[i + 1]

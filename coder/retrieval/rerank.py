@@ -70,7 +70,7 @@ def rerank_scores(coder, texts: Sequence[str], cand_codes: Sequence[Sequence[str
 
     Candidates go in rank order (no shuffle at inference), `coder.config.prompt_codes` per prompt.
     """
-    from coder.evaluation.evaluate import score_codes
+    from coder.models.scorer import score_codes
 
     out = []
     for text, codes in tqdm(list(zip(texts, cand_codes)), desc="reranking", disable=not progress, leave=False):
@@ -85,7 +85,7 @@ def rerank_scores(coder, texts: Sequence[str], cand_codes: Sequence[Sequence[str
 def check_prompt_room(coder, cand_codes: Sequence[Sequence[str]], descriptions: dict[str, str]) -> None:
     """Fail before any scoring when some note's candidate prompt would leave no room for the note
     (KeptError naming --prompt-codes), rather than after scoring a whole split."""
-    from coder.evaluation.evaluate import effective_max_length
+    from coder.models.scorer import effective_max_length
     from coder.models.prompts import MIN_NOTE_TOKENS, _end_id, chunk_codes, encode_prompt
 
     max_length = effective_max_length(coder.model, coder.config)
@@ -168,7 +168,7 @@ def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | P
     layout `kept report` reads) and OUT/reranked_{dev,test}.parquet; returns {system: metrics.json}.
     """
     from coder.data.datasets import read_codes, read_split
-    from coder.evaluation.evaluate import label_matrix
+    from coder.data.datasets import label_matrix
 
     cdir = Path(candidates_dir)
     cdir = cdir.parent if cdir.is_file() else cdir
@@ -179,7 +179,7 @@ def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | P
         else "unknown"
     coder = None
     if checkpoint is not None:
-        from coder.evaluation.evaluate import load_coder
+        from coder.models.scorer import load_coder
         from coder.models.prompts import code_descriptions
 
         coder = load_coder(checkpoint, device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from kept.encoder import window_starts
 from kept.errors import KeptError
 
 __all__ = ["CHUNKINGS", "sentence_spans", "word_window_spans", "token_window_spans", "note_spans", "span_texts"]
@@ -28,10 +29,7 @@ def word_window_spans(text: str, words: int = 12, stride: int = 6, offset: int =
     w = [(m.start() + offset, m.end() + offset) for m in _WORD.finditer(text)]
     if not w:
         return []
-    starts = list(range(0, max(len(w) - words, 0) + 1, stride))
-    if starts[-1] + words < len(w):
-        starts.append(len(w) - words)
-    return [(w[a][0], w[min(a + words, len(w)) - 1][1]) for a in starts]
+    return [(w[a][0], w[min(a + words, len(w)) - 1][1]) for a in window_starts(len(w), words, stride)]
 
 
 def sentence_spans(text: str, max_words: int = 24) -> list[tuple[int, int]]:
@@ -52,17 +50,14 @@ def sentence_spans(text: str, max_words: int = 24) -> list[tuple[int, int]]:
 
 
 def token_window_spans(text: str, tokenizer, tokens: int = 128, stride: int = 64) -> list[tuple[int, int]]:
-    """The encoder's token windows (Encoder.chunk_ids) as character spans, via the fast
+    """The encoder's token windows (TermEncoder.chunk_ids) as character spans, via the fast
     tokenizer's offset mapping."""
     if tokens < 1 or stride < 1:
         raise KeptError("chunk length and stride must be >= 1 token")
     off = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     if not off:
         return []
-    starts = list(range(0, max(len(off) - tokens, 0) + 1, stride))
-    if starts[-1] + tokens < len(off):
-        starts.append(len(off) - tokens)
-    return [(off[a][0], off[min(a + tokens, len(off)) - 1][1]) for a in starts]
+    return [(off[a][0], off[min(a + tokens, len(off)) - 1][1]) for a in window_starts(len(off), tokens, stride)]
 
 
 def note_spans(text: str, chunking: str = "sentence", size: int = 24, stride: int = 12,

@@ -26,12 +26,12 @@ class TermHit:
 def semantic_search(index_dir: str | Path, text: str, limit: int = 20, model: str | Path | None = None,
                     device: str = "auto") -> list[TermHit]:
     """The `limit` codes whose best term is nearest to `text`, best first (one row per code)."""
-    from coder.retrieval.embed import load_encoder
-    from coder.retrieval.candidates import load_index
+    from kept.encoder import load_encoder
+    from coder.retrieval.index import load_index
 
     ti = load_index(index_dir, gpu=False)
     encoder = load_encoder(model or ti.meta["model"], ti.meta["pooling"], device)
-    q = encoder.encode([text], ti.meta.get("max_length", 32))
+    q = encoder.embed([text], max_length=ti.meta.get("max_length", 32))
     n = int(ti.index.ntotal)
     # limit x (most terms of one code) hits always hold `limit` distinct codes (search_notes's bound).
     k = max(1, min(n, limit * max(ti.max_terms_per_code, 1)))

@@ -33,8 +33,8 @@ def emit(**row) -> None:
 
 
 def ensure_data(args) -> Path:
-    from coder.data.synth import SynthConfig, prepare_synth
     import kgraph
+    from coder.data.synth import SynthConfig, prepare_synth
 
     if args.data:
         return Path(args.data)
@@ -89,8 +89,7 @@ def faiss_zeroshot(set_dir: Path, out: Path, index_dir: Path, system: str, args)
     """Scores = the first stage's aggregated cosine over the set's own codes; threshold on dev."""
     import numpy as np
 
-    from coder.data.datasets import read_codes, read_split
-    from coder.data.datasets import label_matrix
+    from coder.data.datasets import label_matrix, read_codes, read_split
     from coder.evaluation.evaluate import write_eval
     from coder.evaluation.metrics import all_metrics, tune_threshold
     from coder.retrieval.candidates import RetrieveConfig, read_candidates, retrieve

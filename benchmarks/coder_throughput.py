@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from coder.models.scorer import build_scorer
 from coder.config import load_config
+from coder.models.prompts import Example, build_prompts, collate
+from coder.models.scorer import build_scorer
 from kept.device import amp_dtype, autocast, resolve_device
 from kept.hf import load_tokenizer, model_max_length
-from coder.models.prompts import Example, build_prompts, collate
 
 
 def _reset_peak(device: torch.device) -> None:

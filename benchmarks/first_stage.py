@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from coder.data.datasets import read_codes, read_split
-    from kept.encoder import load_encoder
-    from coder.retrieval.hybrid import first_stage, load_lexical
     from coder.retrieval.candidates import RetrieveConfig, recall_at_k
+    from coder.retrieval.hybrid import first_stage, load_lexical
     from coder.retrieval.index import load_index
+    from kept.encoder import load_encoder
 
     ti = load_index(args.index, gpu=False)
     encoder = load_encoder(ti.meta["model"], ti.meta["pooling"], "cpu")

@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import kgraph
-    from kept.encoder import TermEncoder
     from contrastive.evaluate import eval_set, evaluate
     from contrastive.sampling import heldout_split
     from contrastive.train import HSAPConfig, train
+    from kept.encoder import TermEncoder
 
     G = kgraph.build_graph(progress=False)
     es = eval_set(G, heldout_split(G, 0.1, args.seed), "leaves", args.candidates, seed=args.seed)

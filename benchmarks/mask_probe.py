@@ -39,9 +39,9 @@ def pseudo_notes(G, docs, codes, seed: int) -> list[str]:
 
 
 def mask_states(model_dir: str, texts, labels, codes, template: str, stride: int):
+    from coder.models.prompts import build_examples, build_prompts, code_descriptions, collate
     from coder.models.tuning import base_encoder
     from kept.hf import load_mlm, load_tokenizer
-    from coder.models.prompts import build_examples, build_prompts, code_descriptions, collate
 
     tok = load_tokenizer(model_dir)
     enc = base_encoder(load_mlm(model_dir).eval())

@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
 
     from coder.data.datasets import read_codes, read_split
-    from kept.encoder import load_encoder
     from coder.retrieval.candidates import RetrieveConfig, recall_at_k, search_notes
     from coder.retrieval.index import IndexConfig, load_index, make_index
+    from kept.encoder import load_encoder
 
     ti = load_index(args.index, gpu=False)
     x = ti.index.reconstruct_n(0, ti.index.ntotal)

@@ -7,8 +7,7 @@ import json
 import os
 
 from coder.retrieval import cli as retrieval_cli
-from kept.argtypes import (nonnegative_int, positive_float, positive_int, positive_int_list,
-                           probability)
+from kept.argtypes import nonnegative_int, positive_float, positive_int, positive_int_list, probability
 from kept.cli import config_defaults, force_option, graph_option
 
 

@@ -66,10 +66,10 @@ def predict_with_index(coder: Coder | str | Path, index_dir: str | Path, text: s
     The first stage reads the note as given, so evidence offsets index the user's own text; the
     coder reads it preprocessed, as in training. `config` is a RetrieveConfig (top_k: candidates).
     """
-    from coder.retrieval.hybrid import load_lexical, search_spans
     from coder.data.notes import preprocess
     from coder.models.prompts import code_descriptions
     from coder.retrieval.candidates import RetrieveConfig
+    from coder.retrieval.hybrid import load_lexical, search_spans
     from coder.retrieval.index import load_index
 
     if not isinstance(coder, Coder):

@@ -76,9 +76,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from kept.encoder import TermEncoder
     from contrastive.evaluate import eval_set, evaluate
     from contrastive.sampling import heldout_split
+    from kept.encoder import TermEncoder
     from kept.io import atomic_write
 
     fraction, seed = args.holdout_fraction, args.holdout_seed

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from kept.encoder import TermEncoder
 from contrastive.sampling import HeldOut
+from kept.encoder import TermEncoder
 from kept.errors import KeptError
 from kgraph.graph import IS_A
 

@@ -23,10 +23,9 @@ def _graph(args: argparse.Namespace) -> nx.DiGraph:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from kept.io import check_out_dir
     from kgraph.graph import build_graph
     from kgraph.store import save_graph
-
-    from kept.io import check_out_dir
 
     check_out_dir(args.out, args.force)  # before the build, which takes minutes on a full UMLS
     t0 = time.perf_counter()

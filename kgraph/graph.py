@@ -15,7 +15,6 @@ from pathlib import Path
 import networkx as nx
 
 from kept.errors import KeptError
-
 from kgraph.icd9 import load_icd9_nodes
 from kgraph.lexicon import iter_lrabr
 from kgraph.text import normalize_term

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kept.hf import OFFSET_POSITION_TYPES, load_tokenizer, model_max_length, require_dir
 from kept.errors import KeptError
+from kept.hf import OFFSET_POSITION_TYPES, load_tokenizer, model_max_length, require_dir
 from kept.io import atomic_dir, check_out_dir
 
 log = logging.getLogger(__name__)

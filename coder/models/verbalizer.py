@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from kept.errors import KeptError
 
-
 FORMS = ("spaced", "bare")
 
 

@@ -85,8 +85,8 @@ def rerank_scores(coder, texts: Sequence[str], cand_codes: Sequence[Sequence[str
 def check_prompt_room(coder, cand_codes: Sequence[Sequence[str]], descriptions: dict[str, str]) -> None:
     """Fail before any scoring when some note's candidate prompt would leave no room for the note
     (KeptError naming --prompt-codes), rather than after scoring a whole split."""
-    from coder.models.scorer import effective_max_length
     from coder.models.prompts import MIN_NOTE_TOKENS, _end_id, chunk_codes, encode_prompt
+    from coder.models.scorer import effective_max_length
 
     max_length = effective_max_length(coder.model, coder.config)
     room = max_length - MIN_NOTE_TOKENS - (_end_id(coder.tokenizer) is not None)
@@ -167,8 +167,7 @@ def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | P
     Writes OUT/faiss-stage1/ and OUT/faiss+kept-rerank/ (metrics.json + test_scores.npz, the run
     layout `kept report` reads) and OUT/reranked_{dev,test}.parquet; returns {system: metrics.json}.
     """
-    from coder.data.datasets import read_codes, read_split
-    from coder.data.datasets import label_matrix
+    from coder.data.datasets import label_matrix, read_codes, read_split
 
     cdir = Path(candidates_dir)
     cdir = cdir.parent if cdir.is_file() else cdir
@@ -179,8 +178,8 @@ def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | P
         else "unknown"
     coder = None
     if checkpoint is not None:
-        from coder.models.scorer import load_coder
         from coder.models.prompts import code_descriptions
+        from coder.models.scorer import load_coder
 
         coder = load_coder(checkpoint, device)
         if prompt_codes:

@@ -26,8 +26,8 @@ class TermHit:
 def semantic_search(index_dir: str | Path, text: str, limit: int = 20, model: str | Path | None = None,
                     device: str = "auto") -> list[TermHit]:
     """The `limit` codes whose best term is nearest to `text`, best first (one row per code)."""
-    from kept.encoder import load_encoder
     from coder.retrieval.index import load_index
+    from kept.encoder import load_encoder
 
     ti = load_index(index_dir, gpu=False)
     encoder = load_encoder(model or ti.meta["model"], ti.meta["pooling"], device)

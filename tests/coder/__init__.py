@@ -1,0 +1,1 @@
+"""Tests of coder/: training on every head and device path, and learning on a handful of notes."""

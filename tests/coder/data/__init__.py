@@ -1,0 +1,1 @@
+"""Tests of coder/data/: MIMIC-III preparation, the synthetic corpus, note preprocessing."""

@@ -1,0 +1,1 @@
+"""Tests of coder/evaluation/: metrics against scikit-learn, hierarchical metrics, kept report."""

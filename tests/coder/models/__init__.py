@@ -1,0 +1,1 @@
+"""Tests of coder/models/: prompts and verbalizer, longify, the TF-IDF baseline."""

@@ -1,0 +1,1 @@
+"""Tests of contrastive/: sampling, triplets, losses and HSAP training."""

@@ -342,7 +342,8 @@ def prepare_mimic(mimic_dir: str | Path, out_dir: str | Path, splits_dir: str | 
             f"{len(cfg.rare_exclude)} excluded, "
             f"ranked by test/train ratio, ties by seeded shuffle, top {cfg.rare_n}")
     if rare is not None:
-        rule = ("KEPT's released lists (249/20/142 admissions, 50 codes; coder/data/kept_rare50/kept_rare50_splits.csv): "
+        rule = ("KEPT's released lists (249/20/142 admissions, 50 codes; "
+                "coder/data/kept_rare50/kept_rare50_splits.csv): "
                 "each listed admission's note, LABELS replaced by the listed rare codes")
     meta = {"source": "mimic-iii", "seed": cfg.seed, "split_rule": split_rule,
             "top50_rule": f"{cfg.top_n} most frequent codes over train+dev+test (CAML)",

@@ -66,7 +66,7 @@ def stage1_probability(cosine: np.ndarray) -> np.ndarray:
 
 def rerank_scores(coder, texts: Sequence[str], cand_codes: Sequence[Sequence[str]],
                   descriptions: dict[str, str], progress: bool = True) -> list[np.ndarray]:
-    """P(code | note) for each note's candidates with a loaded coder (coder.evaluation.evaluate.Coder).
+    """P(code | note) for each note's candidates with a loaded coder (coder.models.scorer.Coder).
 
     Candidates go in rank order (no shuffle at inference), `coder.config.prompt_codes` per prompt.
     """

@@ -22,7 +22,7 @@ STAGE_MODULES = (
     "contrastive.cli",
     "coder.data.cli",
     "coder.cli",
-    "coder.evaluation.report",
+    "coder.evaluation.cli",
     "kept.demo",
 )
 

@@ -19,7 +19,6 @@ per-document counts over the graph the run names (null = bundled ICD-9-CM).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -377,37 +376,3 @@ def format_report(result: dict) -> str:
     if skipped and result["comparisons"]:
         parts.append(f"(no bootstrap CI for {', '.join(skipped)})")
     return "\n".join(parts)
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def run_report(args: argparse.Namespace) -> int:
-    """CLI entry: print the report as text, or as JSON with --json (NaN written as null)."""
-    result = report(args.runs, args.a, args.b, args.metrics, args.n_boot, args.seed)
-    print(json.dumps(_json_safe(result), indent=2) if args.json else format_report(result))
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `kept report`."""
-    p = subparsers.add_parser("report", help="median over seeds and bootstrap CIs of system differences",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("--runs", nargs="+", required=True, metavar="DIR",
-                   help="run directories, or folders searched recursively for metrics.json")
-    p.add_argument("--a", metavar="SYSTEM", help="baseline system (with --b: compare only these two)")
-    p.add_argument("--b", metavar="SYSTEM", help="system compared with --a; differences are b - a")
-    p.add_argument("--metric", dest="metrics", nargs="+", action="extend", metavar="NAME",
-                   help=f"metrics to show (default: {' '.join(DEFAULT_METRICS)}); "
-                        f"CIs for those supported (default: {' '.join(DEFAULT_CI_METRICS)})")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.set_defaults(func=run_report)

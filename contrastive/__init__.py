@@ -2,8 +2,8 @@
 
 Stages: `sampling` draws level-wise mini-batches of terms from the graph, `triplets` mines the
 (anchor, positive, negative) triplets of a batch and exports them, `losses` holds the hierarchical
-triplet loss and InfoNCE, `encoder` wraps any Hugging Face encoder, `train` and `evaluate` run HSAP
-and the licence-free short-title -> long-title evaluation.
+triplet loss and InfoNCE, `train` and `evaluate` run HSAP (through the shared loop of kept/trainer.py,
+on the term encoder of kept/encoder.py) and the licence-free short-title -> long-title evaluation.
 """
 
 from __future__ import annotations

@@ -83,7 +83,9 @@ def freeze_global_attention(model: nn.Module) -> int:
 
 
 class TermEncoder(nn.Module):
-    """`AutoModel` + `AutoTokenizer`; `forward(texts)` returns (batch, hidden) pooled vectors.
+    """`AutoModel` + `AutoTokenizer`. `forward(texts)` returns (batch, hidden) pooled vectors with
+    gradients (HSAP trains through it); `embed(texts)` and `embed_ids(pieces)` return unit vectors for
+    search (terms, note chunks from `chunk_ids`).
 
     A masked-LM checkpoint (Clinical-Longformer, a BERT with its MLM head) is trained through its
     encoder but saved whole, head included, so `kept coder train` can use the HSAP output directly.

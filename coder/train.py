@@ -102,11 +102,12 @@ def clear_stale_evaluations(out: Path) -> list[Path]:
 
 
 def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path, config: CoderConfig,
-                resume: bool = False, max_docs: int | None = None) -> dict:
+                resume: bool = False, max_docs: int | None = None, candidates=None) -> dict:
     """Train on `set_dir`/train, select on dev; writes OUT/best (a loadable coder), OUT/last, history.
 
     `epochs=0` evaluates the untrained model on dev (zero-shot) and saves it as OUT/best.
-    `max_docs` caps the train and dev documents (smoke runs).
+    `max_docs` caps the train and dev documents (smoke runs). `candidates` (a
+    `coder.candidate_training.CandidateSpec`) trains a reranker on first-stage candidates instead.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -125,6 +126,8 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     if not train_docs and config.epochs:
         raise InputFileError(set_dir / "train.csv", "no documents: nothing to train on "
                              "(use --epochs 0 for zero-shot scores)")
+    if candidates is not None and config.head != "prompt":
+        raise KeptError(f"--candidates trains the prompted coder (--head prompt), not --head {config.head}")
     if config.head == "tfidf-lr":  # no network, no epochs: fitted in one go
         from coder.tfidf import train_tfidf
 
@@ -135,13 +138,21 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     model = build_scorer(config.head, model_path, tokenizer, config.verbalizer, config.verbalizer_form)
     max_length = effective_max_length(model, config)
     with_masks = config.head == "prompt"
-    prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template, with_masks)
-    t0 = time.time()
-    train_ex = build_examples(tokenizer, [d.text for d in train_docs], [d.labels for d in train_docs],
-                              prompts, max_length)
-    dev_ex = build_examples(tokenizer, [d.text for d in dev_docs], None, prompts, max_length)
-    log.info("%d train / %d dev examples, %d codes in %d prompt(s) of <= %d, max %d tokens (%.1fs)",
-             len(train_ex), len(dev_ex), len(codes), len(prompts), config.prompt_codes, max_length, time.time() - t0)
+    task, batcher = None, make_batches
+    if candidates is not None:  # per-note prompts of first-stage candidates (coder/candidate_training.py)
+        from coder.candidate_training import CandidateTask
+
+        task = CandidateTask(candidates, codes, train_docs, dev_docs, tokenizer, descriptions, config, max_length)
+        prompts, train_ex, dev_ex, batcher = [], task.train_examples(0), task.dev_examples, task.batches
+    else:
+        prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template, with_masks,
+                                config.desc_words)
+        t0 = time.time()
+        train_ex = build_examples(tokenizer, [d.text for d in train_docs], [d.labels for d in train_docs],
+                                  prompts, max_length)
+        dev_ex = build_examples(tokenizer, [d.text for d in dev_docs], None, prompts, max_length)
+        log.info("%d train / %d dev examples, %d codes in %d prompt(s) of <= %d, max %d tokens (%.1fs)", len(train_ex),
+                 len(dev_ex), len(codes), len(prompts), config.prompt_codes, max_length, time.time() - t0)
 
     dist = Dist(config.device)
     device = dist.device
@@ -155,7 +166,7 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
     dtype = amp_dtype(device, config.precision)
     scaler = make_scaler(dtype)
 
-    n_batches = len(shard(make_batches(train_ex, config.batch_size, False), dist.rank, dist.world))
+    n_batches = len(shard(batcher(train_ex, config.batch_size, False), dist.rank, dist.world))
     steps_per_epoch = math.ceil(n_batches / config.grad_accum)
     if dist.world > 1 and dist.main:
         log.info("DDP over %d processes: %d batches per rank per epoch", dist.world, n_batches)
@@ -182,16 +193,19 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
 
     def finish_epoch(epoch: int, train_loss: float | None) -> None:
         nonlocal best_f1
-        threshold, metrics = _dev_eval(model, tokenizer, dev_ex, prompts, dev_docs, codes, config, device)
+        threshold, metrics = task.dev_eval(model, device) if task else \
+            _dev_eval(model, tokenizer, dev_ex, prompts, dev_docs, codes, config, device)
         record = {"epoch": epoch, "train_loss": train_loss, "dev_threshold": threshold, "dev": metrics}
         history.append(record)
-        log.info("epoch %d: train loss %s, dev micro-F1 %.4f macro-AUC %.4f (threshold %.3f)", epoch,
-                 "-" if train_loss is None else f"{train_loss:.4f}", metrics["micro_f1"], metrics["macro_auc"],
+        auc = "macro_auc" if "macro_auc" in metrics else "candidate_macro_auc"  # rerank: AUC over candidates
+        log.info("epoch %d: train loss %s, dev micro-F1 %.4f %s %.4f (threshold %.3f)", epoch,
+                 "-" if train_loss is None else f"{train_loss:.4f}", metrics["micro_f1"], auc, metrics[auc],
                  threshold)
         if metrics["micro_f1"] > best_f1 or not (out / "best").is_dir():
             best_f1 = metrics["micro_f1"]
             _save_checkpoint(model, tokenizer, out / "best", config, codes, descriptions, threshold,
-                             {"epoch": epoch, "dev_metrics": metrics, "trained_on": str(set_dir)})
+                             {"epoch": epoch, "dev_metrics": metrics, "trained_on": str(set_dir),
+                              **(task.record if task else {})})
         with atomic_write(out / "history.json") as fh:
             dump_json(history, fh, indent=1)
 
@@ -203,14 +217,17 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
         model.train()
         if hasattr(model, "clear_code_cache"):  # label attention: re-encode code vectors each epoch
             model.clear_code_cache()
-        batches = shard(make_batches(train_ex, config.batch_size, shuffle=True, seed=config.seed + epoch),
+        if task is not None:  # every note's candidates shuffled anew, seeded by (seed, epoch)
+            train_ex = task.train_examples(epoch)
+        batches = shard(batcher(train_ex, config.batch_size, shuffle=True, seed=config.seed + epoch),
                         dist.rank, dist.world)
         losses = []
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not dist.main)
         for step, idx in enumerate(bar):
             exs = [train_ex[i] for i in idx]
-            batch = collate(exs, prompts[exs[0].chunk], tokenizer.pad_token_id, config.global_stride, with_masks)
+            batch = task.collate(exs) if task else \
+                collate(exs, prompts[exs[0].chunk], tokenizer.pad_token_id, config.global_stride, with_masks)
             batch = {k: v.to(device) for k, v in batch.items()}
             boundary = (step + 1) % config.grad_accum == 0 or step + 1 == len(batches)
             with maybe_no_sync(ddp, sync=boundary):  # one all-reduce per optimizer step

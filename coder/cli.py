@@ -31,7 +31,8 @@ def _config(args: argparse.Namespace):
         verbalizer_form=args.verbalizer_form, threshold_search=args.threshold_search,
         train_mode=args.train, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
         eval_batch_size=args.eval_batch_size, lr=args.lr, precision=args.precision,
-        gradient_checkpointing=args.gradient_checkpointing, device=args.device, seed=args.seed, graph=args.graph)
+        gradient_checkpointing=args.gradient_checkpointing, device=args.device, seed=args.seed, graph=args.graph,
+        desc_words=args.desc_words)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -46,8 +47,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model is None and config.head != "tfidf-lr":
         raise KeptError(f"--model is required for --head {config.head} (only tfidf-lr trains without one)")
     print(f"graph: {graph_label(args.graph, graph_source(flag))} (code descriptions)", file=sys.stderr)
+    from coder.candidate_training import spec_from_args
+
     summary = train_coder(args.data, args.model, args.out, config, resume=args.resume,
-                          max_docs=args.max_docs)
+                          max_docs=args.max_docs, candidates=spec_from_args(args.candidates, args.candidates_k))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 evaluated and reports
         return 0
     print(f"best dev micro-F1 {summary['best_dev_micro_f1']:.4f} after {summary['epochs']} evaluation(s); "
@@ -132,6 +135,14 @@ def _add_train(coder_sub: argparse._SubParsersAction) -> None:
     graph_option(p, " for code descriptions")
     p.add_argument("--max-docs", type=positive_int, help="use only the first N train and dev notes (smoke runs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--candidates", metavar="CANDS_DIR",
+                   help="train a reranker on first-stage candidates: CANDS_DIR/candidates_{train,dev}.parquet "
+                        "(hadm_id, code, score, rank; `kept coder retrieve --splits train dev`); each train note's "
+                        "top --candidates-k plus its missed gold codes, shuffled, in prompts of --prompt-codes; "
+                        "best epoch and threshold on dev candidates (docs/retrieval.md)")
+    p.add_argument("--candidates-k", type=positive_int, help="candidates per note with --candidates (default 300)")
+    p.add_argument("--desc-words", type=positive_int,
+                   help="cut each prompt description to its first N words (KEPT's full-set code: 15; default: whole)")
     p.set_defaults(func=cmd_train)
     config_defaults(p, "coder.config:CoderConfig", {"train": "train_mode"})
 

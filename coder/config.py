@@ -49,6 +49,7 @@ class CoderConfig:
     tfidf_c: float = 100.0  # tfidf-lr: inverse L2 strength (best of 1/10/100 on the synthetic dev sets)
     tfidf_max_features: int = 100_000  # tfidf-lr: 1-2-gram vocabulary cap
     threshold_search: str = "grid"  # dev threshold: grid 0.01..0.99 | exact (every distinct dev score)
+    desc_words: int | None = None  # prompt descriptions cut to their first N words (KEPT's full-set code: 15)
 
     def validate(self) -> "CoderConfig":
         if self.head not in HEADS:
@@ -61,6 +62,8 @@ class CoderConfig:
             raise KeptError(f"unknown verbalizer form {self.verbalizer_form!r}; choose spaced or bare")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise KeptError(f"unknown precision {self.precision!r}")
+        if self.desc_words is not None and self.desc_words < 1:
+            raise KeptError(f"desc_words must be >= 1 (or unset: whole descriptions), got {self.desc_words}")
         if self.epochs < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.global_stride < 1:
             raise KeptError("epochs must be >= 0; batch size, grad accumulation and global stride >= 1")
         self.verbalizer = tuple(self.verbalizer)

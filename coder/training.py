@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from coder.candidate_training import CandidateSpec, CandidateTask
 from coder.config import CoderConfig
 from coder.data.datasets import label_matrix
 from coder.models.checkpoint import save_coder
@@ -52,14 +53,16 @@ class CoderStep:
     paper's yes/no softmax, in fp32."""
 
     def __init__(self, scorer: torch.nn.Module, examples: list, prompts: list, pad_id: int, config: CoderConfig,
-                 device: torch.device):
+                 device: torch.device, task=None):
         self.scorer, self.examples, self.prompts, self.pad_id = scorer, examples, prompts, pad_id
         self.config, self.device, self.with_masks = config, device, config.head == "prompt"
         self.pos_weight = torch.tensor(config.pos_weight, device=device)
+        self.task = task  # candidate training: per-note prompts, collated by the task
 
     def forward(self, idx: list[int]):
         exs = [self.examples[i] for i in idx]
-        batch = collate(exs, self.prompts[exs[0].chunk], self.pad_id, self.config.global_stride, self.with_masks)
+        batch = self.task.collate(exs) if self.task else \
+            collate(exs, self.prompts[exs[0].chunk], self.pad_id, self.config.global_stride, self.with_masks)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return self.scorer(batch), batch["labels"]
 
@@ -87,6 +90,7 @@ class _Run:
     dist: Dist
     best_f1: float = -1.0
     history: list = field(default_factory=list)
+    task: object = None  # coder.candidate_training.CandidateTask when training a reranker on candidates
 
 
 def _dev_eval(run: _Run) -> tuple[float, dict]:
@@ -158,22 +162,25 @@ def read_set(set_dir: Path, config: CoderConfig, max_docs: int | None = None) ->
 
 
 def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path, config: CoderConfig,
-                resume: bool = False, max_docs: int | None = None) -> dict:
+                resume: bool = False, max_docs: int | None = None, candidates: CandidateSpec | None = None) -> dict:
     """Train on `set_dir`/train, select on dev; writes OUT/best (a loadable coder), OUT/last, history.
 
     `epochs=0` evaluates the untrained model on dev (zero-shot) and saves it as OUT/best.
-    `max_docs` caps the train and dev documents (smoke runs).
+    `max_docs` caps the train and dev documents (smoke runs). `candidates` trains a reranker on
+    first-stage candidates instead (coder/candidate_training.py).
     """
     config.validate()
     set_dir, out = Path(set_dir), Path(out_dir)
     _seed_all(config.seed)
     codes, train_docs, dev_docs = read_set(set_dir, config, max_docs)
+    if candidates is not None and config.head != "prompt":
+        raise KeptError(f"--candidates trains the prompted coder (--head prompt), not --head {config.head}")
     if config.head == "tfidf-lr":  # no network, no epochs: fitted in one go
         from coder.models.tfidf import train_tfidf
 
         clear_stale_evaluations(out)
         return train_tfidf(set_dir, out, config, codes, train_docs, dev_docs)
-    run = _prepare(set_dir, out, model_path, config, codes, train_docs, dev_docs)
+    run = _prepare(set_dir, out, model_path, config, codes, train_docs, dev_docs, candidates)
     trainer = _trainer(run)
     start_epoch = _resume(run, trainer) if resume else 0
     if start_epoch == 0:
@@ -192,21 +199,26 @@ def train_coder(set_dir: str | Path, model_path: str | Path, out_dir: str | Path
 
 
 def _prepare(set_dir: Path, out: Path, model_path: str | Path, config: CoderConfig, codes: list[str],
-             train_docs: list, dev_docs: list) -> _Run:
+             train_docs: list, dev_docs: list, candidates: CandidateSpec | None = None) -> _Run:
     """Tokenizer, scorer and every example, built once; the scorer on this rank's device with the
     parameters `config.train_mode` names trainable."""
     descriptions = code_descriptions(codes, config.graph)
     tokenizer = load_tokenizer(model_path)
     model = build_scorer(config.head, model_path, tokenizer, config.verbalizer, config.verbalizer_form)
     max_length = effective_max_length(model, config)
-    prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template,
-                            config.head == "prompt")
-    t0 = time.time()
-    train_ex = build_examples(tokenizer, [d.text for d in train_docs], [d.labels for d in train_docs],
-                              prompts, max_length)
-    dev_ex = build_examples(tokenizer, [d.text for d in dev_docs], None, prompts, max_length)
-    log.info("%d train / %d dev examples, %d codes in %d prompt(s) of <= %d, max %d tokens (%.1fs)",
-             len(train_ex), len(dev_ex), len(codes), len(prompts), config.prompt_codes, max_length, time.time() - t0)
+    task = None
+    if candidates is not None:  # per-note prompts of first-stage candidates
+        task = CandidateTask(candidates, codes, train_docs, dev_docs, tokenizer, descriptions, config, max_length)
+        prompts, train_ex, dev_ex = [], task.train_examples(0), task.dev_examples
+    else:
+        prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template,
+                                config.head == "prompt", config.desc_words)
+        t0 = time.time()
+        train_ex = build_examples(tokenizer, [d.text for d in train_docs], [d.labels for d in train_docs],
+                                  prompts, max_length)
+        dev_ex = build_examples(tokenizer, [d.text for d in dev_docs], None, prompts, max_length)
+        log.info("%d train / %d dev examples, %d codes in %d prompt(s) of <= %d, max %d tokens (%.1fs)", len(train_ex),
+                 len(dev_ex), len(codes), len(prompts), config.prompt_codes, max_length, time.time() - t0)
     dist = Dist(config.device)
     encoder = model.mlm if isinstance(model, PromptCoder) else model.encoder
     n_train = set_trainable(encoder, config.train_mode, getattr(model, "head", None))
@@ -215,7 +227,7 @@ def _prepare(set_dir: Path, out: Path, model_path: str | Path, config: CoderConf
         log.info("gradient checkpointing off: no encoder layer trains in mode %s", config.train_mode)
     model.to(dist.device)
     return _Run(set_dir, out, config, codes, descriptions, tokenizer, model, prompts, train_ex, dev_ex, dev_docs,
-                dist)
+                dist, task=task)
 
 
 def _trainer(run: _Run) -> Trainer:
@@ -224,7 +236,7 @@ def _trainer(run: _Run) -> Trainer:
     from transformers import get_linear_schedule_with_warmup
 
     config, dist = run.config, run.dist
-    n_batches = len(shard(make_batches(run.train_ex, config.batch_size, False), dist.rank, dist.world))
+    n_batches = len(shard(_batches(run)(run.train_ex, config.batch_size, False), dist.rank, dist.world))
     steps_per_epoch = math.ceil(n_batches / config.grad_accum)
     if dist.world > 1 and dist.main:
         log.info("DDP over %d processes: %d batches per rank per epoch", dist.world, n_batches)
@@ -233,10 +245,15 @@ def _trainer(run: _Run) -> Trainer:
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total) \
         if optimizer else None
     ddp = dist.wrap(run.model)
-    step = CoderStep(ddp, run.train_ex, run.prompts, run.tokenizer.pad_token_id, config, dist.device)
+    step = CoderStep(ddp, run.train_ex, run.prompts, run.tokenizer.pad_token_id, config, dist.device, run.task)
     return Trainer(ddp, step, optimizer, scheduler, [p for p in run.model.parameters() if p.requires_grad],
                    device=dist.device, dtype=amp_dtype(dist.device, config.precision), grad_accum=config.grad_accum,
                    max_grad_norm=config.max_grad_norm)
+
+
+def _batches(run: _Run):
+    """The batcher: one prompt chunk per batch, or, on candidates, one prompt size per batch."""
+    return run.task.batches if run.task is not None else make_batches
 
 
 def _resume(run: _Run, trainer: Trainer) -> int:
@@ -259,7 +276,9 @@ def _train_epoch(run: _Run, trainer: Trainer, epoch: int) -> float:
     run.model.train()
     if hasattr(run.model, "clear_code_cache"):  # label attention: re-encode code vectors each epoch
         run.model.clear_code_cache()
-    batches = shard(make_batches(run.train_ex, config.batch_size, shuffle=True, seed=config.seed + epoch),
+    if run.task is not None:  # every note's candidates shuffled anew, seeded by (seed, epoch)
+        run.train_ex = trainer.step.examples = run.task.train_examples(epoch)
+    batches = shard(_batches(run)(run.train_ex, config.batch_size, shuffle=True, seed=config.seed + epoch),
                     dist.rank, dist.world)
     groups = [batches[i:i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
     losses = []
@@ -279,15 +298,16 @@ def _train_epoch(run: _Run, trainer: Trainer, epoch: int) -> float:
 
 def _finish_epoch(run: _Run, epoch: int, train_loss: float | None) -> None:
     """Dev metrics at the dev-tuned threshold, OUT/best when micro-F1 improves, history.json."""
-    threshold, metrics = _dev_eval(run)
+    threshold, metrics = run.task.dev_eval(run.model, run.dist.device) if run.task else _dev_eval(run)
     record = {"epoch": epoch, "train_loss": train_loss, "dev_threshold": threshold, "dev": metrics}
     run.history.append(record)
-    log.info("epoch %d: train loss %s, dev micro-F1 %.4f macro-AUC %.4f (threshold %.3f)", epoch,
-             "-" if train_loss is None else f"{train_loss:.4f}", metrics["micro_f1"], metrics["macro_auc"],
-             threshold)
+    auc = "macro_auc" if "macro_auc" in metrics else "candidate_macro_auc"  # rerank: AUC over candidates only
+    log.info("epoch %d: train loss %s, dev micro-F1 %.4f %s %.4f (threshold %.3f)", epoch,
+             "-" if train_loss is None else f"{train_loss:.4f}", metrics["micro_f1"], auc, metrics[auc], threshold)
     if metrics["micro_f1"] > run.best_f1 or not (run.out / "best").is_dir():
         run.best_f1 = metrics["micro_f1"]
         save_coder(run.model, run.tokenizer, run.out / "best", run.config, run.codes, run.descriptions, threshold,
-                   {"epoch": epoch, "dev_metrics": metrics, "trained_on": str(run.set_dir)})
+                   {"epoch": epoch, "dev_metrics": metrics, "trained_on": str(run.set_dir),
+                    **(run.task.record if run.task else {})})
     with atomic_write(run.out / "history.json") as fh:
         dump_json(run.history, fh, indent=1)

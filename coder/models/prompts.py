@@ -79,12 +79,13 @@ def _end_id(tokenizer) -> int | None:
 
 
 def encode_prompt(tokenizer, codes: Sequence[str], descriptions: dict[str, str],
-                  template: str = "paper", with_masks: bool = True) -> EncodedPrompt:
+                  template: str = "paper", with_masks: bool = True, desc_words: int | None = None) -> EncodedPrompt:
     """Tokenise the prompt piece by piece so each mask's position is known, not searched for.
 
     `paper`: `desc1 : [MASK] , desc2 : [MASK] , ... descN : [MASK] .`;
     `kept`: `desc1 [MASK], desc2 [MASK], ... descN [MASK].` with lower-cased short descriptions.
     `with_masks=False` gives only the start token (label attention reads the note alone).
+    `desc_words`: each prompt description cut to its first N words (KEPT's full-set code: 15).
     """
     if template not in TEMPLATES:
         raise KeptError(f"unknown prompt template {template!r}; choose one of {', '.join(TEMPLATES)}")
@@ -100,6 +101,7 @@ def encode_prompt(tokenizer, codes: Sequence[str], descriptions: dict[str, str],
     if with_masks:
         for i, c in enumerate(codes):
             text = descriptions[c] if template == "paper" else short_description(descriptions[c])
+            text = " ".join(text.split()[:desc_words]) if desc_words else text
             lead = "" if i == 0 else " "
             ids += _piece(tokenizer, lead + text + (" :" if template == "paper" else ""))
             masks.append(len(ids))
@@ -155,8 +157,9 @@ def build_input(tokenizer, prompt: EncodedPrompt, text: str, note_ids: list[int]
 
 
 def build_prompts(tokenizer, codes: Sequence[str], descriptions: dict[str, str], n_prompt: int,
-                  template: str = "paper", with_masks: bool = True) -> list[EncodedPrompt]:
-    return [encode_prompt(tokenizer, chunk, descriptions, template, with_masks)
+                  template: str = "paper", with_masks: bool = True, desc_words: int | None = None
+                  ) -> list[EncodedPrompt]:
+    return [encode_prompt(tokenizer, chunk, descriptions, template, with_masks, desc_words)
             for chunk in chunk_codes(codes, n_prompt)]
 
 

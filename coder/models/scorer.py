@@ -116,7 +116,7 @@ def score_codes(model: nn.Module, tokenizer, note_text: str | Sequence[str], cod
         return scores[0] if single else scores
     device = device or next(model.parameters()).device
     prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template,
-                            with_masks=config.head == "prompt")
+                            with_masks=config.head == "prompt", desc_words=config.desc_words)
     examples = build_examples(tokenizer, texts, None, prompts, effective_max_length(model, config))
     scores = predict_examples(model, tokenizer, examples, prompts, len(texts), codes, config, device, progress,
                               logits=logits)

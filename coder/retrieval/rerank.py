@@ -97,7 +97,8 @@ def check_prompt_room(coder, cand_codes: Sequence[Sequence[str]], descriptions: 
             if tuple(chunk) in seen:
                 continue
             seen.add(tuple(chunk))
-            n = len(encode_prompt(coder.tokenizer, chunk, descriptions, coder.config.template, with_masks).input_ids)
+            n = len(encode_prompt(coder.tokenizer, chunk, descriptions, coder.config.template, with_masks,
+                                  coder.config.desc_words).input_ids)
             if n > room:
                 raise KeptError(
                     f"a prompt of {len(chunk)} candidate codes takes {n} of {max_length} tokens, leaving no room "
@@ -184,6 +185,9 @@ def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | P
         coder = load_coder(checkpoint, device)
         if prompt_codes:
             coder.config.prompt_codes = prompt_codes
+        from coder.candidate_training import warn_if_rerank_differs
+
+        warn_if_rerank_differs(checkpoint, coder.config, k)  # a reranker trained on candidates: same prompts?
         missing = [c for c in label_space if c not in coder.descriptions]
         descriptions = {**code_descriptions(missing, coder.config.graph), **coder.descriptions}
     per_split: dict[str, dict] = {}

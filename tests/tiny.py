@@ -127,3 +127,21 @@ def tiny_longformer(vocab_size: int, pad_token_id: int, seed: int = 0, positions
                            pad_token_id=pad_token_id, attention_window=[attention_window] * 2,
                            type_vocab_size=type_vocab_size)
     return LongformerForMaskedLM(cfg)
+
+
+def interrupted(monkeypatch, cls, name: str, when, run) -> None:
+    """Run `run()` with `cls.name` raising KeyboardInterrupt when called with `when` (a step, an
+    epoch): a crash mid-training, for the resume tests; the method is restored afterwards."""
+    import pytest
+
+    real = getattr(cls, name)
+
+    def killed(self, arg, *args, **kwargs):
+        if arg == when:
+            raise KeyboardInterrupt
+        return real(self, arg, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, killed)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(cls, name, real)

@@ -20,7 +20,7 @@ from coder.models.prompts import code_descriptions, encode_prompt
 from coder.retrieval.candidates import write_candidates
 from coder.training import train_coder
 from kept.errors import KeptError
-from tests.tiny import TINY_CODES, tiny_notes, write_set
+from tests.tiny import TINY_CODES, interrupted, tiny_notes, write_set
 
 EXTRA = ["250.01", "428.1", "V45.81"]
 SPACE = TINY_CODES + EXTRA
@@ -240,17 +240,9 @@ def test_resume_gives_the_numbers_of_an_unbroken_run(cand_set, tiny_longformer_d
     set_dir, cdir = cand_set
     spec = CandidateSpec(cdir, K)
     whole = train_coder(set_dir, tiny_longformer_dir, tmp_path / "whole", load_config(**FAST), candidates=spec)
-    real = CandidateTask.train_examples
-
-    def killed_in_epoch_2(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(self, epoch)
-
-    monkeypatch.setattr(CandidateTask, "train_examples", killed_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train_coder(set_dir, tiny_longformer_dir, tmp_path / "broken", load_config(**FAST), candidates=spec)
-    monkeypatch.setattr(CandidateTask, "train_examples", real)
+    interrupted(monkeypatch, CandidateTask, "train_examples", 1,  # killed as epoch 2 starts
+                lambda: train_coder(set_dir, tiny_longformer_dir, tmp_path / "broken", load_config(**FAST),
+                                    candidates=spec))
     torch.manual_seed(123)
     resumed = train_coder(set_dir, tiny_longformer_dir, tmp_path / "broken", load_config(**FAST), resume=True,
                           candidates=spec)

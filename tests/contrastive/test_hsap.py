@@ -14,7 +14,7 @@ from contrastive.sampling import BatchSampler, SamplerConfig, heldout_split
 from contrastive.train import HSAPConfig, train
 from contrastive.triplets import sampler_triplets
 from kept.encoder import TermEncoder
-from tests.tiny import tiny_bert, tiny_longformer, wordpiece_tokenizer
+from tests.tiny import interrupted, tiny_bert, tiny_longformer, wordpiece_tokenizer
 
 
 def _tiny_model(G, out: Path) -> Path:
@@ -211,17 +211,7 @@ def test_resume_after_a_kill_gives_the_numbers_of_an_unbroken_run(G, tiny, tmp_p
                           save_every=2, device="cpu")
 
     train(cfg(tmp_path / "whole"), progress=False)
-    real = Sampler.batch
-
-    def killed_at_step_3(self, index):
-        if index == 2:
-            raise KeyboardInterrupt
-        return real(self, index)
-
-    monkeypatch.setattr(Sampler, "batch", killed_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(tmp_path / "broken"), progress=False)
-    monkeypatch.setattr(Sampler, "batch", real)
+    interrupted(monkeypatch, Sampler, "batch", 2, lambda: train(cfg(tmp_path / "broken"), progress=False))  # at step 3
     torch.manual_seed(123)
     train(resume_config(tmp_path / "broken"), progress=False, resume=True)
 

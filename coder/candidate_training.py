@@ -30,7 +30,7 @@ import torch
 from coder.config import CoderConfig
 from coder.models.checkpoint import CODER_FILE, read_coder_file
 from coder.models.prompts import (MIN_NOTE_TOKENS, EncodedPrompt, Example, _end_id, build_input, chunk_codes, collate,
-                           encode_note, encode_prompt)
+                           encode_note, encode_prompt, make_batches)
 from kept.device import amp_dtype, autocast
 from kept.errors import InputFileError, KeptError
 
@@ -159,24 +159,8 @@ def stack_batches(parts: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str
 
 def candidate_batches(examples: Sequence[CandidateExample], batch_size: int, shuffle: bool,
                       seed: int = 0) -> list[list[int]]:
-    """`coder.models.prompts.make_batches` for per-note prompts: batches of one prompt size (the last prompt of
-    a note is shorter), length-bucketed in pools of 50 batches, shuffled with `seed`."""
-    rng = random.Random(seed)
-    groups: dict[int, list[int]] = {}
-    for i, ex in enumerate(examples):
-        groups.setdefault(len(ex.codes), []).append(i)
-    batches = []
-    for size in sorted(groups):
-        idx = groups[size]
-        if shuffle:
-            rng.shuffle(idx)
-        pool = batch_size * 50
-        for s in range(0, len(idx), pool):
-            part = sorted(idx[s:s + pool], key=lambda i: examples[i].length)
-            batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
-    if shuffle:
-        rng.shuffle(batches)
-    return batches
+    """`make_batches` for per-note prompts: one prompt size per batch (a note's last prompt is shorter)."""
+    return make_batches(examples, batch_size, shuffle, seed, group=lambda e: len(e.codes), length=lambda e: e.length)
 
 
 class _PieceCache:
@@ -202,9 +186,6 @@ class CandidateTask:
 
     def __init__(self, spec: CandidateSpec, label_space: Sequence[str], train_docs, dev_docs, tokenizer,
                  descriptions: dict[str, str], config: CoderConfig, max_length: int):
-        if config.head != "prompt":
-            raise KeptError(f"--candidates trains the prompted coder (--head prompt), not --head {config.head}: "
-                            "its prompts change from note to note")
         cdir = Path(spec.dir)
         if not cdir.is_dir():
             raise KeptError(f"{cdir}: no such folder (expected candidates_train.parquet and candidates_dev.parquet "

@@ -10,7 +10,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -176,23 +176,27 @@ def build_examples(tokenizer, texts: Sequence[str], labels: Sequence[Sequence[st
     return out
 
 
-def make_batches(examples: list[Example], batch_size: int, shuffle: bool, seed: int = 0) -> list[list[int]]:
-    """Length-bucketed batches of example indices, one prompt chunk per batch.
+def make_batches(examples: Sequence, batch_size: int, shuffle: bool, seed: int = 0,
+                 group: Callable = lambda e: e.chunk, length: Callable = lambda e: len(e.input_ids)
+                 ) -> list[list[int]]:
+    """Length-bucketed batches of example indices, one `group` per batch (a prompt chunk; candidate
+    training groups by prompt size).
 
     Shuffled training draws pools of 50 batches, sorts each pool by length and cuts it, so batches
     hold similar lengths (little padding) yet vary from epoch to epoch.
     """
     rng = random.Random(seed)
-    by_chunk: dict[int, list[int]] = {}
+    groups: dict = {}
     for i, ex in enumerate(examples):
-        by_chunk.setdefault(ex.chunk, []).append(i)
+        groups.setdefault(group(ex), []).append(i)
     batches = []
-    for idx in by_chunk.values():
+    for key in sorted(groups):
+        idx = groups[key]
         if shuffle:
             rng.shuffle(idx)
         pool = batch_size * 50
         for s in range(0, len(idx), pool):
-            part = sorted(idx[s:s + pool], key=lambda i: len(examples[i].input_ids))
+            part = sorted(idx[s:s + pool], key=lambda i: length(examples[i]))
             batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
     if shuffle:
         rng.shuffle(batches)

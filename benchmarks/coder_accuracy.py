@@ -5,8 +5,10 @@ regression in the same run, on the same train/dev/test files (threshold tuned on
         [--seeds 0 1 2] [--train-docs 120] [--epochs 3] [--systems tfidf-lr prompt ...]
 
 Systems: tfidf-lr; label-attention and kept-prompt (trained from the plain MiniLM made long);
-kept-prompt-hsap (from --hsap, an HSAP checkpoint, made long); kept-prompt-zeroshot (no training);
-faiss-zeroshot (the first stage's max cosine of note chunks to code terms, no training on notes).
+kept-prompt-evidence (the same, each prompt one code and the note's sentence that best matches it,
+found with the plain MiniLM's term index, OUT/index); kept-prompt-hsap (from --hsap, an HSAP
+checkpoint, made long); kept-prompt-zeroshot (no training); faiss-zeroshot (the first stage's score
+of each code over the note's sentences, no training on notes).
 Each run lands in OUT/runs/<set>/<system>-s<seed>/ with the usual metrics.json + test_scores.npz,
 so `kept report --runs OUT/runs` can recompute anything. Prints one JSON line per (set, system,
 seed) and one per paired bootstrap comparison (b - a, 95% CI over test notes).
@@ -24,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 METRICS = ("micro_auc", "macro_auc", "micro_f1", "macro_f1", "p@5")
-TRAINED = ("tfidf-lr", "label-attention", "kept-prompt", "kept-prompt-hsap")
+TRAINED = ("tfidf-lr", "label-attention", "kept-prompt", "kept-prompt-evidence", "kept-prompt-hsap")
 SYSTEMS = TRAINED + ("kept-prompt-zeroshot", "faiss-zeroshot")
 
 
@@ -66,6 +68,10 @@ def coder_config(system: str, seed: int, args):
 
     head = {"tfidf-lr": "tfidf-lr", "label-attention": "label-attention"}.get(system, "prompt")
     epochs = 0 if system == "kept-prompt-zeroshot" else args.epochs
+    if system == "kept-prompt-evidence":  # one code and its sentence per prompt: short inputs, big batches
+        return CoderConfig(head=head, epochs=epochs, lr=args.lr, grad_accum=1, batch_size=32, eval_batch_size=64,
+                           template=args.template, pos_weight=args.pos_weight, lm_head_lr=args.lm_head_lr or 1e-3,
+                           seed=seed, note_view="evidence", evidence_index=str(ensure_index(args)), prompt_codes=1)
     return CoderConfig(head=head, epochs=epochs, lr=args.lr, grad_accum=1, batch_size=args.batch_size,
                        global_stride=args.global_stride,
                        template=args.template, pos_weight=args.pos_weight, lm_head_lr=args.lm_head_lr, seed=seed)
@@ -79,25 +85,32 @@ def run_system(system: str, set_dir: Path, seed: int, models: dict, args) -> dic
     if (out / "eval" / "metrics.json").is_file():  # resumable: a finished run is not redone
         return json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
     if system == "faiss-zeroshot":
-        return faiss_zeroshot(set_dir, out, models["minilm"].parent / "index", system, args)
+        return faiss_zeroshot(set_dir, out, ensure_index(args), system, args)
     model = models["hsap" if system.endswith("hsap") else "minilm"]
     train_coder(set_dir, model, out, coder_config(system, seed, args), max_docs=args.train_docs)
     return evaluate_checkpoint(out / "best", set_dir, out / "eval", system=system)
 
 
+def ensure_index(args) -> Path:
+    """The plain MiniLM's term index over the bundled graph (OUT/index), built once."""
+    from coder.retrieval.index import IndexConfig, build_index
+    from kept.hf import default_model_path
+
+    index_dir = Path(args.out) / "index"
+    if not (index_dir / "index.json").is_file():
+        build_index(default_model_path(), index_dir, None, IndexConfig(), progress=False)
+    return index_dir
+
+
 def faiss_zeroshot(set_dir: Path, out: Path, index_dir: Path, system: str, args) -> dict:
-    """Scores = the first stage's aggregated cosine over the set's own codes; threshold on dev."""
+    """Scores = the first stage's score over the set's own codes; threshold on dev."""
     import numpy as np
 
     from coder.data.datasets import label_matrix, read_codes, read_split
     from coder.evaluation.evaluate import write_eval
     from coder.evaluation.metrics import all_metrics, tune_threshold
     from coder.retrieval.candidates import RetrieveConfig, read_candidates, retrieve
-    from coder.retrieval.index import IndexConfig, build_index
-    from kept.hf import default_model_path
 
-    if not (index_dir / "index.json").is_file():
-        build_index(default_model_path(), index_dir, None, IndexConfig())
     codes = read_codes(set_dir)
     retrieve(index_dir, set_dir, out / "cands", RetrieveConfig(top_k=len(codes)), progress=False)
     mats = {}
@@ -157,7 +170,9 @@ def compare_all(args, systems: list[str]) -> None:
     """Paired bootstrap of each system against TF-IDF-LR and kept-prompt against label attention."""
     from coder.evaluation.report import report
 
-    pairs = [("tfidf-lr", s) for s in systems if s != "tfidf-lr"] + [("label-attention", "kept-prompt")]
+    pairs = [("tfidf-lr", s) for s in systems if s != "tfidf-lr"] + \
+        [("label-attention", "kept-prompt"), ("label-attention", "kept-prompt-evidence"),
+         ("kept-prompt", "kept-prompt-evidence")]
     for a, b in pairs:
         if a not in systems or b not in systems:
             continue

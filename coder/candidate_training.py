@@ -203,8 +203,9 @@ class CandidateTask:
         self._train_ids = [np.asarray(encode_note(tokenizer, d.text), dtype=np.int32) for d in self.train_docs]
         self._dev_ids = [np.asarray(encode_note(tokenizer, d.text), dtype=np.int32) for d in self.dev_docs]
         self._check_room()
+        self._evidence = self._find_evidence(label_space)
         self._epoch_examples: tuple[int, list[CandidateExample]] = (-1, [])
-        self.dev_examples = [self._example(i, d.text, ids, chunk, set(), start)
+        self.dev_examples = [self._example(i, d.text, ids, chunk, set(), start, "dev")
                              for i, (d, ids, codes) in enumerate(zip(self.dev_docs, self._dev_ids, self.dev.codes))
                              for start, chunk in self._chunks(codes)]
         space = set(label_space)
@@ -212,7 +213,7 @@ class CandidateTask:
         self.missed = sum(len(set(d.labels) & space - set(c)) for d, c in zip(self.train_docs, self.train.codes))
         self.record = {RECORD_KEY: {
             "candidates": str(cdir), "k": spec.k, "prompt_codes": config.prompt_codes, "template": config.template,
-            "desc_words": config.desc_words, "gold_added_in_training": self.missed, "train_gold": gold,
+            "desc_words": config.desc_words, "note_view": config.note_view, "gold_added_in_training": self.missed, "train_gold": gold,
             "train_notes_without_candidates": self.train.no_candidates,
             "dev_notes_without_candidates": self.dev.no_candidates,
             "outside_label_space_ignored": {"train": self.train.outside, "dev": self.dev.outside}}}
@@ -232,8 +233,26 @@ class CandidateTask:
         return encode_prompt(self._pieces, codes, self.descriptions, self.config.template, True,
                              self.config.desc_words)
 
+    def _find_evidence(self, label_space: Sequence[str]) -> dict[str, list] | None:
+        """`note_view = "evidence"`: each note's best sentence per code it can be prompted with (train:
+        candidates and gold codes; dev: candidates), found once for every epoch."""
+        if self.config.note_view != "evidence":
+            return None
+        from coder.models.evidence import load_finder
+
+        finder, space = load_finder(self.config.evidence_index), set(label_space)
+        pools = [list(dict.fromkeys([*c, *(g for g in d.labels if g in space)]))
+                 for c, d in zip(self.train.codes, self.train_docs)]
+        return {"train": finder.find([d.text for d in self.train_docs], pools),
+                "dev": finder.find([d.text for d in self.dev_docs], self.dev.codes)}
+
     def _example(self, doc: int, text: str, note_ids: np.ndarray, codes: list[str], gold: set[str],
-                 start: int = 0) -> CandidateExample:
+                 start: int = 0, split: str = "train") -> CandidateExample:
+        if self._evidence is not None:  # the prompt reads its codes' evidence sentences, not the note
+            from coder.models.evidence import join_evidence
+
+            text = join_evidence(text, self._evidence[split][doc], codes)
+            note_ids = np.asarray(encode_note(self.tokenizer, text), dtype=np.int32)
         n_prompt = len(self._prompt(codes).input_ids)
         end = _end_id(self.tokenizer) is not None
         budget = self.max_length - n_prompt - end
@@ -268,7 +287,7 @@ class CandidateTask:
             return self._epoch_examples[1]
         lists = training_code_lists(self.train.codes, [d.labels for d in self.train_docs], self.label_space,
                                     self.config.seed, epoch)
-        examples = [self._example(i, d.text, ids, chunk, set(d.labels))
+        examples = [self._example(i, d.text, ids, chunk, set(d.labels), 0, "train")
                     for i, (d, ids, codes) in enumerate(zip(self.train_docs, self._train_ids, lists))
                     for _, chunk in self._chunks(codes)]
         self._epoch_examples = (epoch, examples)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 from coder.retrieval import cli as retrieval_cli
 from kept.argtypes import nonnegative_int, positive_float, positive_int, positive_int_list, probability
@@ -32,7 +33,8 @@ def _config(args: argparse.Namespace):
         train_mode=args.train, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
         eval_batch_size=args.eval_batch_size, lr=args.lr, precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing, device=args.device, seed=args.seed, graph=args.graph,
-        desc_words=args.desc_words)
+        desc_words=args.desc_words, note_view=args.note_view,
+        evidence_index=str(Path(args.evidence_index).resolve()) if args.evidence_index else None)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -143,6 +145,12 @@ def _add_train(coder_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidates-k", type=positive_int, help="candidates per note with --candidates (default 300)")
     p.add_argument("--desc-words", type=positive_int,
                    help="cut each prompt description to its first N words (KEPT's full-set code: 15; default: whole)")
+    p.add_argument("--note-view", choices=("note", "evidence"),
+                   help="what a prompt reads: the note (default, the paper) or, per code, the note's sentence "
+                        "that best matches the code's terms in --evidence-index (docs/coder.md)")
+    p.add_argument("--evidence-index", metavar="INDEX_DIR",
+                   help="term index (`kept coder index`) that finds the evidence of --note-view evidence; its "
+                        "path is saved in the checkpoint, so eval, predict and rerank read the same evidence")
     p.set_defaults(func=cmd_train)
     config_defaults(p, "coder.config:CoderConfig", {"train": "train_mode"})
 

@@ -50,6 +50,8 @@ class CoderConfig:
     tfidf_max_features: int = 100_000  # tfidf-lr: 1-2-gram vocabulary cap
     threshold_search: str = "grid"  # dev threshold: grid 0.01..0.99 | exact (every distinct dev score)
     desc_words: int | None = None  # prompt descriptions cut to their first N words (KEPT's full-set code: 15)
+    note_view: str = "note"  # note: the note itself (the paper) | evidence: each code's best sentence of it
+    evidence_index: str | None = None  # term index folder (`kept coder index`) that finds the evidence
 
     def validate(self) -> "CoderConfig":
         if self.head not in HEADS:
@@ -62,6 +64,12 @@ class CoderConfig:
             raise KeptError(f"unknown verbalizer form {self.verbalizer_form!r}; choose spaced or bare")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise KeptError(f"unknown precision {self.precision!r}")
+        if self.note_view not in ("note", "evidence"):
+            raise KeptError(f"unknown note view {self.note_view!r}; choose note or evidence")
+        if self.note_view == "evidence" and not self.evidence_index:
+            raise KeptError("--note-view evidence needs --evidence-index INDEX_DIR (a `kept coder index` folder)")
+        if self.note_view == "evidence" and self.head != "prompt":
+            raise KeptError(f"--note-view evidence is for the prompted coder (--head prompt), not --head {self.head}")
         if self.desc_words is not None and self.desc_words < 1:
             raise KeptError(f"desc_words must be >= 1 (or unset: whole descriptions), got {self.desc_words}")
         if self.epochs < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.global_stride < 1:

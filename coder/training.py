@@ -26,7 +26,7 @@ from coder.data.datasets import label_matrix
 from coder.models.checkpoint import save_coder
 from coder.models.prompt_coder import PromptCoder
 from coder.models.prompts import build_examples, build_prompts, code_descriptions, collate, make_batches
-from coder.models.scorer import build_scorer, effective_max_length, predict_examples
+from coder.models.scorer import build_scorer, effective_max_length, note_views, predict_examples
 from coder.models.tuning import enable_checkpointing, lm_head_module, set_trainable
 from kept.device import Dist, amp_dtype
 from kept.errors import InputFileError, KeptError
@@ -214,9 +214,10 @@ def _prepare(set_dir: Path, out: Path, model_path: str | Path, config: CoderConf
         prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template,
                                 config.head == "prompt", config.desc_words)
         t0 = time.time()
-        train_ex = build_examples(tokenizer, [d.text for d in train_docs], [d.labels for d in train_docs],
-                                  prompts, max_length)
-        dev_ex = build_examples(tokenizer, [d.text for d in dev_docs], None, prompts, max_length)
+        texts = [d.text for d in train_docs], [d.text for d in dev_docs]
+        train_ex = build_examples(tokenizer, texts[0], [d.labels for d in train_docs], prompts, max_length,
+                                  note_views(config, texts[0], prompts))
+        dev_ex = build_examples(tokenizer, texts[1], None, prompts, max_length, note_views(config, texts[1], prompts))
         log.info("%d train / %d dev examples, %d codes in %d prompt(s) of <= %d, max %d tokens (%.1fs)", len(train_ex),
                  len(dev_ex), len(codes), len(prompts), config.prompt_codes, max_length, time.time() - t0)
     dist = Dist(config.device)

@@ -135,22 +135,19 @@ class TermEncoder(nn.Module):
         while encoding terms. Longformer pads every input to a multiple of its window: a 32-token term
         would be padded to 512 and cost 16x the compute. A window of twice the input length still lets
         every token see every other, so the vectors do not change. `save` writes the original window."""
+        from kept.hf import attention_windows, set_attention_windows
+
         model = getattr(self.model, "module", self.model)
-        if getattr(model.config, "model_type", "") != "longformer":
+        original = attention_windows(model)
+        if original is None:
             return False
         want = 2 * (tokens or self.max_length)
-        config = model.config
-        original = list(config.attention_window) if isinstance(config.attention_window, (list, tuple)) \
-            else [config.attention_window] * config.num_hidden_layers
         narrowed = [min(w, want) for w in original]
         if narrowed == original:
             return False
         if getattr(self, "_saved_window", None) is None:
             object.__setattr__(self, "_saved_window", original)
-        for m in model.modules():
-            if hasattr(m, "one_sided_attn_window_size") and hasattr(m, "layer_id"):
-                m.one_sided_attn_window_size = narrowed[m.layer_id] // 2
-        config.attention_window = narrowed
+        set_attention_windows(model, narrowed)
         return True
 
     @property

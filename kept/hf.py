@@ -102,3 +102,43 @@ def model_max_length(config) -> int:
     """Longest input in tokens the checkpoint's position table allows."""
     offset = config.pad_token_id + 1 if config.model_type in OFFSET_POSITION_TYPES else 0
     return int(config.max_position_embeddings) - offset
+
+
+def attention_windows(model) -> list[int] | None:
+    """A Longformer's sliding window per layer; None for other architectures."""
+    config = model.config
+    if getattr(config, "model_type", "") != "longformer":
+        return None
+    w = config.attention_window
+    return list(w) if isinstance(w, (list, tuple)) else [w] * config.num_hidden_layers
+
+
+def set_attention_windows(model, windows: list[int]) -> None:
+    """Set a Longformer's window per layer in place (config and every self-attention module)."""
+    for m in model.modules():
+        if hasattr(m, "one_sided_attn_window_size") and hasattr(m, "layer_id"):
+            m.one_sided_attn_window_size = windows[m.layer_id] // 2
+    model.config.attention_window = list(windows)
+
+
+class full_view_window:
+    """Within the block, a Longformer reads inputs of up to `tokens` tokens with the smallest window
+    that still lets every token see every other (2 * tokens), so its outputs do not change while
+    the padding and the cost do: Longformer pads every input to a multiple of its window, and its
+    cost grows with the window squared (a 70-token prompt under a 512 window costs ~50x more)."""
+
+    def __init__(self, model, tokens: int):
+        self.model, self.tokens, self.saved = model, tokens, None
+
+    def __enter__(self):
+        windows = attention_windows(self.model)
+        want = 2 * self.tokens
+        if windows and any(w > want for w in windows):
+            self.saved = windows
+            set_attention_windows(self.model, [min(w, want) for w in windows])
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            set_attention_windows(self.model, self.saved)
+        return False

@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 SYSTEM_NAMES = {"prompt": "kept-prompt", "label-attention": "label-attention", "tfidf-lr": "tfidf-lr"}
 
 
+def system_name(config) -> str:
+    """A coder's row name: its head's, with `-evidence` when the prompts read evidence sentences."""
+    return SYSTEM_NAMES[config.head] + ("-evidence" if config.note_view == "evidence" else "")
+
+
 def format_table(metrics: dict[str, float], title: str = "") -> str:
     """Metrics as a two-column text table: rates as fractions (as metrics.json), counts (n_*) as they are."""
     lines = [title] if title else []
@@ -53,7 +58,7 @@ def evaluate_checkpoint(checkpoint: str | Path, set_dir: str | Path, out_dir: st
     y = label_matrix(docs, codes)
     # Ranking metrics on the logits: float32 sigmoids tie at 1.0 and make P@k depend on code order.
     metrics = all_metrics(y, scores, coder.threshold, ks=tuple(ks), rank_score=logits)
-    return write_eval(out_dir, system or SYSTEM_NAMES[coder.config.head], set_dir, split, coder.config.seed,
+    return write_eval(out_dir, system or system_name(coder.config), set_dir, split, coder.config.seed,
                       coder.threshold, str(checkpoint), docs, codes, y, scores, metrics, coder.config.graph, logits)
 
 

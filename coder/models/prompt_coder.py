@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from coder.models.tuning import base_encoder, lm_head_module
+from kept.hf import full_view_window
 
 __all__ = ["PromptCoder", "supports_global_attention"]
 
@@ -37,7 +38,9 @@ class PromptCoder(nn.Module):
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if self.use_global:
             kwargs["global_attention_mask"] = batch["global_attention_mask"]
-        hidden = base_encoder(self.mlm)(**kwargs).last_hidden_state  # (B, L, H)
+        # Short inputs (the evidence view) run under a window that just covers them: same outputs, far less padding
+        with full_view_window(self.mlm, batch["input_ids"].shape[1]):
+            hidden = base_encoder(self.mlm)(**kwargs).last_hidden_state  # (B, L, H)
         pos = batch["mask_positions"]  # (B, N)
         gathered = hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # (B, N, H)
         # The head in fp32 even under autocast: logit(yes) and logit(no) are large and close, and

@@ -164,14 +164,20 @@ def build_prompts(tokenizer, codes: Sequence[str], descriptions: dict[str, str],
 
 
 def build_examples(tokenizer, texts: Sequence[str], labels: Sequence[Sequence[str]] | None,
-                   prompts: list[EncodedPrompt], max_length: int) -> list[Example]:
-    """One example per (note, prompt chunk); each note tokenised once for all chunks."""
+                   prompts: list[EncodedPrompt], max_length: int,
+                   views: Sequence[Sequence[str]] | None = None) -> list[Example]:
+    """One example per (note, prompt chunk); each note tokenised once for all chunks. `views[d][k]`,
+    when given, is the text prompt k reads instead of note d (coder.models.evidence)."""
     out = []
     for d, text in enumerate(texts):
-        note_ids = encode_note(tokenizer, text)
+        note_ids = encode_note(tokenizer, text) if views is None else None
         gold = set(labels[d]) if labels is not None else set()
         for k, prompt in enumerate(prompts):
-            ids = build_input(tokenizer, prompt, text, note_ids, max_length)
+            if views is None:
+                ids = build_input(tokenizer, prompt, text, note_ids, max_length)
+            else:
+                view = views[d][k]
+                ids = build_input(tokenizer, prompt, view, encode_note(tokenizer, view), max_length)
             out.append(Example(d, k, ids, [1.0 if c in gold else 0.0 for c in prompt.codes]))
     return out
 

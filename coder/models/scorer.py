@@ -21,7 +21,8 @@ from coder.models.verbalizer import build_verbalizer
 from kept.device import amp_dtype, autocast, resolve_device
 from kept.hf import load_mlm, load_tokenizer, model_max_length
 
-__all__ = ["Coder", "effective_max_length", "build_scorer", "load_coder", "predict_examples", "score_codes"]
+__all__ = ["Coder", "effective_max_length", "build_scorer", "load_coder", "note_views", "predict_examples",
+           "score_codes"]
 
 
 @dataclass
@@ -72,6 +73,15 @@ def load_coder(path: str | Path, device: str = "auto") -> Coder:
                  effective_max_length(model, config))
 
 
+def note_views(config: CoderConfig, texts: Sequence[str], prompts: list[EncodedPrompt]) -> list[list[str]] | None:
+    """What each prompt reads of each note: None (the note itself) or its codes' evidence sentences."""
+    if config.note_view != "evidence":
+        return None
+    from coder.models.evidence import load_finder, prompt_views
+
+    return prompt_views(load_finder(config.evidence_index), texts, prompts)
+
+
 @torch.no_grad()
 def predict_examples(model: nn.Module, tokenizer, examples: list[Example], prompts: list[EncodedPrompt],
                      n_docs: int, codes: Sequence[str], config: CoderConfig, device: torch.device,
@@ -117,7 +127,8 @@ def score_codes(model: nn.Module, tokenizer, note_text: str | Sequence[str], cod
     device = device or next(model.parameters()).device
     prompts = build_prompts(tokenizer, codes, descriptions, config.prompt_codes, config.template,
                             with_masks=config.head == "prompt", desc_words=config.desc_words)
-    examples = build_examples(tokenizer, texts, None, prompts, effective_max_length(model, config))
+    examples = build_examples(tokenizer, texts, None, prompts, effective_max_length(model, config),
+                              note_views(config, texts, prompts))
     scores = predict_examples(model, tokenizer, examples, prompts, len(texts), codes, config, device, progress,
                               logits=logits)
     return scores[0] if single else scores

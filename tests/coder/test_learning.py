@@ -50,3 +50,19 @@ def test_head_overfits_a_handful_of_notes(head, handful, tiny_longformer_dir, tm
 def test_tfidf_head_fits_its_training_notes(handful, tmp_path):
     summary = train_coder(handful, None, tmp_path / "tfidf", load_config(head="tfidf-lr"))
     assert summary["best_dev_micro_f1"] >= 0.95
+
+
+def test_evidence_view_learns_and_eval_reads_the_same_evidence(handful, tiny_longformer_dir, index_dir, tmp_path):
+    """The prompted coder on evidence sentences (one code per prompt) fits the notes too, and `kept coder
+    eval` of its checkpoint rebuilds the inputs dev selection scored: on the same notes, the same F1."""
+    from coder.evaluation.evaluate import evaluate_checkpoint
+
+    cfg = load_config(**{**OVERFIT, "batch_size": 6}, head="prompt", epochs=30, lr=3e-3, note_view="evidence",
+                      evidence_index=str(index_dir), prompt_codes=1)
+    summary = train_coder(handful, tiny_longformer_dir, tmp_path / "ev", cfg)
+    f1 = [round(h["dev"]["micro_f1"], 3) for h in summary["history"]]
+    blind = note_blind_micro_f1(handful)
+    assert summary["best_dev_micro_f1"] >= blind + 0.1, (blind, f1)
+    res = evaluate_checkpoint(tmp_path / "ev" / "best", handful, tmp_path / "ev" / "eval", split="test")
+    assert res["system"] == "kept-prompt-evidence"
+    assert res["metrics"]["micro_f1"] == pytest.approx(summary["best_dev_micro_f1"], abs=1e-6)

@@ -10,7 +10,7 @@ from kept.cli import main
 def test_demo_runs_every_stage_and_labels_its_data(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["demo", "--out", str(out), "--hsap-steps", "2", "--synth-docs", "200", "--coder-epochs", "1",
-               "--coder-train-docs", "4", "--rerank-k", "10", "--hsap-eval-candidates", "300",
+               "--coder-train-docs", "4", "--rerank-k", "10", "--rerank-train-docs", "4", "--hsap-eval-candidates", "300",
                "--triplet-batches", "3", "--eval-docs", "6"])
     assert rc == 0
     rows = json.loads((out / "results.json").read_text())
@@ -18,7 +18,8 @@ def test_demo_runs_every_stage_and_labels_its_data(tmp_path, capsys):
     assert stages == {"hsap", "coder", "retrieval", "full"}
     systems = {(r["stage"], r["system"], r["dataset"]) for r in rows}
     for s in ("50", "rare50"):
-        assert ("coder", "kept-prompt", f"synth-{s}") in systems
+        assert ("coder", "kept-prompt-evidence", f"synth-{s}") in systems
+        assert ("coder", "tfidf-lr", f"synth-{s}") in systems
         assert ("coder", "label-attention", f"synth-{s}") in systems
     assert {("full", "faiss-stage1", "synth-full"), ("full", "faiss+kept-rerank", "synth-full")} <= systems
     for r in rows:
@@ -33,6 +34,8 @@ def test_demo_runs_every_stage_and_labels_its_data(tmp_path, capsys):
     for s in ("50", "rare50"):
         assert (out / f"f1_by_frequency_{s}.png").read_bytes()[:4] == b"\x89PNG"
     md = (out / "results.md").read_text()
-    assert "### hsap" in md and "kept-prompt" in md and "faiss+kept-rerank" in md
+    assert "### hsap" in md and "kept-prompt-evidence" in md and "faiss+kept-rerank" in md
+    reranker = json.loads((out / "coder" / "full-rerank" / "best" / "kept_coder.json").read_text())
+    assert reranker["candidate_training"]["note_view"] == "evidence"  # the full rows rerank with a trained reranker
     assert json.loads((out / "demo_config.json").read_text())["hsap_steps"] == 2
     assert "results:" in capsys.readouterr().out

@@ -1,43 +1,9 @@
-"""What the retrieval tests share: a tiny random BERT encoder, a small ICD-9 subgraph, the term index
-over it, and a briefly trained prompted coder to rerank with (each built once per test module)."""
+"""What the retrieval tests add to tests/coder/conftest.py: a briefly trained prompted coder to rerank
+with (built once per test module)."""
 
 from __future__ import annotations
 
 import pytest
-
-from tests.tiny import tiny_bert
-
-PREFIXES = ("250.", "401.", "428.", "427.", "584.", "38.9")
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tiny_tokenizer_dir, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
-    d = tmp_path_factory.mktemp("tiny_bert")
-    tiny_bert(len(tok), head="none").save_pretrained(str(d))
-    tok.save_pretrained(str(d))
-    return d
-
-
-@pytest.fixture(scope="module")
-def subgraph():
-    import kgraph
-
-    G = kgraph.build_graph()
-    codes = [n for n, d in G.nodes(data=True) if d.get("type") == "code" and n.startswith(PREFIXES)]
-    keep = set(codes) | {t for c in codes for t in G.successors(c)}
-    return G.subgraph(keep).copy()
-
-
-@pytest.fixture(scope="module")
-def index_dir(encoder_dir, subgraph, tmp_path_factory):
-    from coder.retrieval.index import IndexConfig, build_index
-
-    out = tmp_path_factory.mktemp("idx") / "index"
-    build_index(encoder_dir, out, subgraph, IndexConfig(pooling="cls"), progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

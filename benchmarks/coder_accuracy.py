@@ -64,14 +64,14 @@ def long_models(args) -> dict[str, Path]:
 
 
 def coder_config(system: str, seed: int, args):
-    from coder.config import CoderConfig
+    from coder.config import EVIDENCE_RECIPE, CoderConfig
 
     head = {"tfidf-lr": "tfidf-lr", "label-attention": "label-attention"}.get(system, "prompt")
     epochs = 0 if system == "kept-prompt-zeroshot" else args.epochs
     if system == "kept-prompt-evidence":  # one code and its sentence per prompt: short inputs, big batches
-        return CoderConfig(head=head, epochs=epochs, lr=args.lr, grad_accum=1, batch_size=32, eval_batch_size=64,
-                           template=args.template, pos_weight=args.pos_weight, lm_head_lr=args.lm_head_lr or 1e-3,
-                           seed=seed, note_view="evidence", evidence_index=str(ensure_index(args)), prompt_codes=1)
+        recipe = {**EVIDENCE_RECIPE, **({"lm_head_lr": args.lm_head_lr} if args.lm_head_lr else {})}
+        return CoderConfig(head=head, epochs=epochs, lr=args.lr, template=args.template, pos_weight=args.pos_weight,
+                           seed=seed, evidence_index=str(ensure_index(args)), **recipe)
     return CoderConfig(head=head, epochs=epochs, lr=args.lr, grad_accum=1, batch_size=args.batch_size,
                        global_stride=args.global_stride,
                        template=args.template, pos_weight=args.pos_weight, lm_head_lr=args.lm_head_lr, seed=seed)

@@ -203,7 +203,7 @@ class CandidateTask:
         self._train_ids = [np.asarray(encode_note(tokenizer, d.text), dtype=np.int32) for d in self.train_docs]
         self._dev_ids = [np.asarray(encode_note(tokenizer, d.text), dtype=np.int32) for d in self.dev_docs]
         self._check_room()
-        self._evidence = self._find_evidence(label_space)
+        self._evidence = self._find_evidence()
         self._epoch_examples: tuple[int, list[CandidateExample]] = (-1, [])
         self.dev_examples = [self._example(i, d.text, ids, chunk, set(), start, "dev")
                              for i, (d, ids, codes) in enumerate(zip(self.dev_docs, self._dev_ids, self.dev.codes))
@@ -233,17 +233,22 @@ class CandidateTask:
         return encode_prompt(self._pieces, codes, self.descriptions, self.config.template, True,
                              self.config.desc_words)
 
-    def _find_evidence(self, label_space: Sequence[str]) -> dict[str, list] | None:
+    def _train_pools(self) -> list[list[str]]:
+        """Every code a training note can be prompted with: its candidates, then its gold codes of the
+        label space that stage 1 missed."""
+        space = set(self.label_space)
+        return [list(dict.fromkeys([*c, *(g for g in d.labels if g in space)]))
+                for c, d in zip(self.train.codes, self.train_docs)]
+
+    def _find_evidence(self) -> dict[str, list] | None:
         """`note_view = "evidence"`: each note's best sentence per code it can be prompted with (train:
         candidates and gold codes; dev: candidates), found once for every epoch."""
         if self.config.note_view != "evidence":
             return None
         from coder.models.evidence import load_finder
 
-        finder, space = load_finder(self.config.evidence_index), set(label_space)
-        pools = [list(dict.fromkeys([*c, *(g for g in d.labels if g in space)]))
-                 for c, d in zip(self.train.codes, self.train_docs)]
-        return {"train": finder.find([d.text for d in self.train_docs], pools),
+        finder = load_finder(self.config.evidence_index)
+        return {"train": finder.find([d.text for d in self.train_docs], self._train_pools()),
                 "dev": finder.find([d.text for d in self.dev_docs], self.dev.codes)}
 
     def _example(self, doc: int, text: str, note_ids: np.ndarray, codes: list[str], gold: set[str],
@@ -272,9 +277,7 @@ class CandidateTask:
         checked when it is built."""
         cost: dict[str, int] = {}
         base = len(self._prompt([]).input_ids)
-        space = set(self.label_space)
-        for codes, d in zip(self.train.codes, self.train_docs):
-            pool = set(codes) | (set(d.labels) & space)
+        for pool in map(set, self._train_pools()):
             for c in pool - cost.keys():
                 cost[c] = len(self._prompt([c]).input_ids) - base
             worst = base + sum(sorted((cost[c] for c in pool), reverse=True)[:self.config.prompt_codes])

@@ -10,7 +10,7 @@ from pathlib import Path
 from kept.config import load_config as load_toml_config
 from kept.errors import KeptError
 
-__all__ = ["HEADS", "TRAIN_MODES", "CoderConfig", "load_config"]
+__all__ = ["HEADS", "TRAIN_MODES", "EVIDENCE_RECIPE", "CoderConfig", "load_config"]
 
 HEADS = ("prompt", "label-attention", "tfidf-lr")
 TRAIN_MODES = ("all", "lm-head", "first-layer", "last-layer", "bitfit")
@@ -76,6 +76,12 @@ class CoderConfig:
             raise KeptError("epochs must be >= 0; batch size, grad accumulation and global stride >= 1")
         self.verbalizer = tuple(self.verbalizer)
         return self
+
+
+# The evidence view as the demo and the benchmark run it: one code and its sentence per prompt (~40
+# tokens), so batches of 32, and the MLM head's new transform at a head-sized rate.
+EVIDENCE_RECIPE = dict(note_view="evidence", prompt_codes=1, batch_size=32, grad_accum=1, eval_batch_size=64,
+                       lm_head_lr=1e-3)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> CoderConfig:

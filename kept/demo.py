@@ -190,7 +190,6 @@ def _corpus(G, run: Path, cfg: DemoConfig) -> Path:
 
 def _coders(data: Path, long_dir: Path, run: Path, cfg: DemoConfig, rows: list[dict]) -> dict[str, dict]:
     """Every system on every set: trained, evaluated on test, rows and per-code F1 for the plots."""
-    from coder.config import CoderConfig
     from coder.data.datasets import read_split
     from coder.evaluation.evaluate import evaluate_checkpoint, system_name
     from coder.evaluation.hierarchy_metrics import SUMMARY_NAMES as HIER_ROWS  # hier_f1 + FP distance shares
@@ -221,13 +220,13 @@ def _coder_config(name: str, run: Path, cfg: DemoConfig):
     """A demo system's settings: `prompt-evidence` is the prompted coder on evidence sentences (one code
     per prompt, found by the HSAP term index); the others read the note. KEPT-code's template: its
     short descriptions leave ~550 of a note's ~630 tokens in the window, the paper's `desc :` ~350."""
-    from coder.config import CoderConfig
+    from coder.config import EVIDENCE_RECIPE, CoderConfig
 
     common = dict(epochs=cfg.coder_epochs, lr=cfg.coder_lr, template="kept", global_stride=cfg.global_stride,
                   seed=cfg.seed, graph=str(run / "graph"))
     if name == "prompt-evidence":
-        return CoderConfig(head="prompt", note_view="evidence", evidence_index=str(run / "index"), prompt_codes=1,
-                           batch_size=cfg.evidence_batch, grad_accum=1, eval_batch_size=64, lm_head_lr=1e-3, **common)
+        return CoderConfig(head="prompt", **{**EVIDENCE_RECIPE, "batch_size": cfg.evidence_batch},
+                           evidence_index=str(run / "index"), **common)
     return CoderConfig(head=name, grad_accum=4, **common)
 
 

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from coder.retrieval.candidates import RetrieveConfig
 from coder.retrieval.spans import note_spans
 from kept.errors import KeptError
 
@@ -31,8 +32,8 @@ __all__ = ["NOTE_VIEWS", "EvidenceFinder", "load_finder", "prompt_views", "join_
 log = logging.getLogger(__name__)
 
 NOTE_VIEWS = ("note", "evidence")
-SPAN_WORDS = 24  # the first stage's sentence cap (RetrieveConfig.span_words)
-LEXICAL_WEIGHT = 1.0  # as the first stage's hybrid: (dense + w * lexical) / (1 + w)
+# the first stage's own settings (RetrieveConfig): sentence cap and (dense + w * lexical) / (1 + w)
+SPAN_WORDS, LEXICAL_WEIGHT = RetrieveConfig.span_words, RetrieveConfig.lexical_weight
 
 Evidence = dict[str, tuple[int, int, float]]  # code -> (start, end, score) in the note as given
 
@@ -44,6 +45,7 @@ class EvidenceFinder:
     encoder: object  # kept.encoder.TermEncoder
     terms: object  # pandas DataFrame (code, term, kind): the index's term table
     lexical: object  # coder.retrieval.lexical.LexicalIndex over those terms
+    term_tokens: int = 32  # the index's own cut of a term (index.json max_length), so vectors match it
     rows: dict[str, np.ndarray] = field(init=False, repr=False)
     _vectors: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
@@ -58,7 +60,7 @@ class EvidenceFinder:
         new = [int(r) for r in rows if int(r) not in self._vectors]
         if new:
             texts = self.terms["term"].to_numpy(dtype=str)[new]
-            for r, v in zip(new, self.encoder.embed(list(texts), max_length=32)):
+            for r, v in zip(new, self.encoder.embed(list(texts), max_length=self.term_tokens)):
                 self._vectors[r] = v
         return np.stack([self._vectors[int(r)] for r in rows]) if len(rows) else np.zeros((0, self.encoder.dim))
 
@@ -118,12 +120,12 @@ def prompt_views(finder: EvidenceFinder, texts: Sequence[str], prompts: Sequence
 @functools.lru_cache(maxsize=2)
 def load_finder(index_dir: str) -> EvidenceFinder:
     """The finder of a term index folder (`kept coder index`), loaded once per process."""
+    from coder.retrieval.hybrid import load_lexical
     from coder.retrieval.index import load_index
-    from coder.retrieval.lexical import build_lexical
     from kept.encoder import load_encoder
 
     if not index_dir:
         raise KeptError("note_view evidence needs a term index: --evidence-index INDEX_DIR (from `kept coder index`)")
     ti = load_index(Path(index_dir), gpu=False)
     encoder = load_encoder(ti.meta["model"], ti.meta.get("pooling", "auto"))
-    return EvidenceFinder(encoder, ti.terms, build_lexical(ti.terms["term"].tolist()))
+    return EvidenceFinder(encoder, ti.terms, load_lexical(ti), int(ti.meta.get("max_length", 32)))

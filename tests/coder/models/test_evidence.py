@@ -52,13 +52,11 @@ def test_short_inputs_score_the_same_under_the_narrowed_window(tiny_longformer_d
 
     from coder.models.prompt_coder import PromptCoder
     from coder.models.tuning import base_encoder, lm_head_module
+    from kept.hf import set_attention_windows
 
     mlm = AutoModelForMaskedLM.from_pretrained(str(tiny_longformer_dir)).eval()
     wide = [64, 64]
-    mlm.config.attention_window = wide
-    for m in mlm.modules():  # a window far wider than the input: Longformer pads every input to 64
-        if hasattr(m, "one_sided_attn_window_size"):
-            m.one_sided_attn_window_size = 32
+    set_attention_windows(mlm, wide)  # a window far wider than the input: Longformer pads every input to 64
     coder = PromptCoder(mlm, 5, 6)
     torch.manual_seed(0)
     ids = torch.randint(10, 100, (3, 9))

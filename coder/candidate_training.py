@@ -7,9 +7,10 @@ of 50, a yes/no label per candidate. `kept coder train --candidates DIR` does th
 - train: each note's top-k candidates inside the label space, plus the gold codes the first stage
   missed (training only: every positive is seen), shuffled anew each epoch by a generator seeded
   with (seed, epoch), so a resumed run draws the orders of an unbroken one;
-- dev: each note's top-k candidates in rank order, no gold added, scored and merged into the
-  (notes x label space) matrix as `kept coder rerank` merges them (non-candidates score 0); the best
-  epoch and the threshold are chosen there, so the stored threshold is the one rerank would tune.
+- dev: each note's top-k candidates in rank order, no gold added, scored, fused with the first
+  stage's scores and merged into the (notes x label space) matrix as `kept coder rerank` does it
+  (non-candidates score 0); the best epoch, the fusion weight and the threshold are chosen there, so
+  the stored weight and threshold are the ones rerank would tune.
 
 Prompts differ per note, so inputs are built batch by batch (each description's token pieces cached)
 rather than all up front: MIMIC-full's 47k notes x 6 prompts of 8,192 tokens do not fit in memory
@@ -83,6 +84,7 @@ class SplitCandidates:
     codes: list[list[str]]
     no_candidates: int  # notes of the split absent from the file
     outside: int  # candidate rows of the split's notes whose code is outside the label space (ignored)
+    scores: list[np.ndarray] = field(default_factory=list)  # the first stage's score of each kept code
 
 
 def split_candidates(cands_dir: str | Path, split: str, docs, label_space: Sequence[str], k: int) -> SplitCandidates:
@@ -96,18 +98,22 @@ def split_candidates(cands_dir: str | Path, split: str, docs, label_space: Seque
                                    f"--splits train dev ...`, or a parquet of hadm_id, code, score, rank)")
     cands = read_candidates(path)
     space = set(label_space)
-    out, missing, outside, total = [], 0, 0, 0
+    out, scores, missing, outside, total = [], [], 0, 0, 0
     for d in docs:
         got = cands.get(d.hadm_id)
         if got is None:
             missing += 1
             out.append([])
+            scores.append(np.zeros(0, dtype=np.float32))
             continue
-        codes = list(dict.fromkeys(got[0]))  # a code listed twice counts once, at its best rank
-        inside = [c for c in codes if c in space]
-        total += len(codes)
-        outside += len(codes) - len(inside)
-        out.append(inside[:k])
+        first = {}
+        for c, sc in zip(*got):  # a code listed twice counts once, at its best rank
+            first.setdefault(c, sc)
+        inside = [c for c in first if c in space][:k]
+        total += len(first)
+        outside += sum(c not in space for c in first)
+        out.append(inside)
+        scores.append(np.asarray([first[c] for c in inside], dtype=np.float32))
     if docs and missing == len(docs):
         raise InputFileError(path, f"none of the {len(docs)} {split} notes has candidates here (hadm_id values "
                                    f"do not match {split}.csv)")
@@ -119,7 +125,7 @@ def split_candidates(cands_dir: str | Path, split: str, docs, label_space: Seque
                     "trained on their gold codes only" if split == "train" else "they score 0 for every code")
     if outside:
         log.warning("%s: %d candidate codes outside the label space (codes.txt) ignored", path, outside)
-    return SplitCandidates(path, out, missing, outside)
+    return SplitCandidates(path, out, missing, outside, scores)
 
 
 def training_code_lists(cand_codes: Sequence[Sequence[str]], gold: Sequence[Sequence[str]],
@@ -328,13 +334,18 @@ class CandidateTask:
         return scores
 
     def dev_eval(self, model: torch.nn.Module, device: torch.device) -> tuple[float, dict]:
-        """Threshold and dev metrics exactly as `kept coder rerank` computes them on these candidates."""
+        """Threshold and dev metrics of the fused score, the first stage's weight tuned with the threshold,
+        exactly as `kept coder rerank` computes them on these candidates; the weight goes into `record`."""
         from coder.data.datasets import label_matrix
-        from coder.retrieval.rerank import evaluate_scores, merge_scores
+        from coder.retrieval.fusion import tune_fusion
+        from coder.retrieval.rerank import stage1_probability
 
-        s, mask = merge_scores(self.dev.codes, self.dev_scores(model, device), self.label_space)
         y = label_matrix(self.dev_docs, self.label_space)
-        return evaluate_scores((y, s, mask), (y, s, mask))
+        stage1 = [stage1_probability(s) for s in self.dev.scores]
+        weight, threshold, metrics = tune_fusion(y, self.dev.codes, stage1, self.dev_scores(model, device),
+                                                 self.label_space)
+        self.record[RECORD_KEY]["stage1_weight"] = weight
+        return threshold, {**metrics, "stage1_weight": weight}
 
 
 def warn_if_rerank_differs(checkpoint: str | Path, config: CoderConfig, k: int) -> dict | None:

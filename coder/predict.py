@@ -61,7 +61,8 @@ def predict_with_index(coder: Coder | str | Path, index_dir: str | Path, text: s
                        threshold: float | None = None, top: int | None = None, model: str | Path | None = None,
                        device: str = "auto") -> list[Prediction]:
     """Code one note over every indexed code: first-stage candidates (with the span that matched
-    each), scored by the coder; those >= threshold (default: dev-tuned), best first.
+    each), scored by the coder (fused with the first stage's score as `kept coder rerank` fuses them,
+    for a reranker trained on candidates); those >= threshold (default: dev-tuned), best first.
 
     The first stage reads the note as given, so evidence offsets index the user's own text; the
     coder reads it preprocessed, as in training. `config` is a RetrieveConfig (top_k: candidates).
@@ -87,6 +88,11 @@ def predict_with_index(coder: Coder | str | Path, index_dir: str | Path, text: s
     descriptions = {**code_descriptions([c for c in cands if c not in coder.descriptions]), **coder.descriptions}
     scores = score_codes(coder.model, coder.tokenizer, preprocess(text), cands, descriptions, coder.config,
                          coder.device) if cands else []
+    if cands and coder.stage1_weight:  # a reranker trained on candidates: its dev-tuned fused score
+        from coder.retrieval.fusion import fuse
+        from coder.retrieval.rerank import stage1_probability
+
+        scores = fuse([stage1_probability(hits.scores)], [scores], coder.stage1_weight)[0]
     t = coder.threshold if threshold is None else threshold
     out = []
     for j in sorted(range(len(cands)), key=lambda j: -scores[j]):

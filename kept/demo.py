@@ -258,6 +258,24 @@ def _full_label_space(data: Path, long_dir: Path, run: Path, cfg: DemoConfig, ro
         rows += metric_rows("full", system, "synth-full", SOURCE_SYNTH,
                             {**res["metrics"], **res["hierarchical"]["metrics"]},
                             ["micro_f1", "macro_f1", "p@8", "p@15", "r@8", "r@15", "candidate_micro_auc", *HIER_ROWS])
+    rows += _rerank_gain(run / "rerank")
+
+
+def _rerank_gain(rerank_dir: Path) -> list[dict]:
+    """Stage 1 + rerank minus stage 1 alone on the same test notes, with a bootstrap 95% CI."""
+    from coder.evaluation.report import report
+    from coder.retrieval.rerank import RERANK_SYSTEM, STAGE1_SYSTEM
+
+    res = report([rerank_dir], a=STAGE1_SYSTEM, b=RERANK_SYSTEM, metrics=["micro_f1", "p@8"])
+    rows = []
+    for c in res["comparisons"]:
+        print(f"  {RERANK_SYSTEM} - {STAGE1_SYSTEM}: {c['metric']} {c['diff']:+.4f} "
+              f"[95% CI {c['ci_low']:+.4f}, {c['ci_high']:+.4f}]")
+        for what in ("diff", "ci_low", "ci_high"):
+            rows.append(dict(stage="full: rerank gain", system=f"{RERANK_SYSTEM} - {STAGE1_SYSTEM}",
+                             dataset="synth-full", data_source=SOURCE_SYNTH, metric=f"{c['metric']} {what}",
+                             value=c[what]))
+    return rows
 
 
 def _results(rows: list[dict], plots: dict[str, dict], run: Path, cfg: DemoConfig) -> None:

@@ -37,6 +37,9 @@ class Coder:
     threshold: float
     device: torch.device
     max_length: int
+    # A reranker trained on candidates: the first stage's weight in its fused score (coder.retrieval.fusion),
+    # tuned on dev with `threshold`; 0 for any other coder (its own probability is the score).
+    stage1_weight: float = 0.0
 
 
 def effective_max_length(model: nn.Module, config: CoderConfig) -> int:
@@ -70,7 +73,7 @@ def load_coder(path: str | Path, device: str = "auto") -> Coder:
     dev = resolve_device(device if device != "auto" else config.device)
     model.to(dev).eval()
     return Coder(model, tokenizer, config, info["codes"], info["descriptions"], info["threshold"], dev,
-                 effective_max_length(model, config))
+                 effective_max_length(model, config), float(info.get("candidate_training", {}).get("stage1_weight", 0.0)))
 
 
 def note_views(config: CoderConfig, texts: Sequence[str], prompts: list[EncodedPrompt]) -> list[list[str]] | None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 
+from kept.argtypes import probability
 from kept.cli import force_option, graph_option
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     ks = tuple(int(k) for k in args.ks.split(","))
     results = run_rerank(args.candidates, args.data, args.out, args.model, k=args.top_k, ks=ks,
                          device=args.device, max_docs=args.max_docs, progress=not args.no_progress,
-                         prompt_codes=args.prompt_codes)
+                         prompt_codes=args.prompt_codes, stage1_weight=args.stage1_weight)
     if args.json:
         print(json.dumps(results, indent=1))
     else:
@@ -126,6 +127,9 @@ def add_rerank(coder_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-codes", type=int,
                    help="candidates per prompt (default: the checkpoint's, 50); lower it when the prompt "
                         "leaves no room for the note")
+    p.add_argument("--stage1-weight", type=probability, metavar="W",
+                   help="the first stage's weight in the fused score, W * stage 1 + (1 - W) * reranker "
+                        "(default: tuned on dev; 0: the reranker alone)")
     p.add_argument("--ks", default="8,15", help="k of P@k and R@k (default 8,15)")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-docs", type=int, help="only the first N dev and test notes")

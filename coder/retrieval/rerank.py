@@ -7,6 +7,9 @@ label space would mostly measure the first stage's cut (PITFALLS.md). Metrics th
 `candidate_micro_auc` / `candidate_macro_auc` (over candidate cells only) instead of full-label AUC;
 every other metric (F1, P@k, R@k) is over the whole label space, gold codes missed by the first
 stage counting as misses. Graph-aware figures (coder.evaluation.hierarchy_metrics) go under "hierarchical".
+
+The reranked system's score is the reranker's probability fused with the first stage's
+(coder.retrieval.fusion), the weight tuned on dev with the threshold; the reranker alone is reported beside it.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from tqdm import tqdm
 
 from coder.evaluation.hierarchy_metrics import SUMMARY_NAMES, hierarchical_block
 from coder.retrieval.candidates import read_candidates
+from coder.retrieval.fusion import fuse, tune_fusion
 from kept.errors import KeptError
 from kept.io import atomic_path, atomic_write, dump_json
 
 log = logging.getLogger(__name__)
 
-STAGE1_SYSTEM, RERANK_SYSTEM = "faiss-stage1", "faiss+kept-rerank"
+STAGE1_SYSTEM, RERANK_SYSTEM, RERANK_ALONE_SYSTEM = "faiss-stage1", "faiss+kept-rerank", "kept-rerank-alone"
 
 
 def candidate_lists(candidates: dict[str, tuple[list[str], np.ndarray]], hadm_ids: Sequence[str], k: int,
@@ -159,38 +163,26 @@ def _write_run(out: Path, system: str, dataset: str, seed: int, threshold: float
 def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | Path,
                checkpoint: str | Path | None = None, k: int = 300, ks: Sequence[int] = (8, 15),
                device: str = "auto", max_docs: int | None = None, progress: bool = True,
-               prompt_codes: int | None = None) -> dict:
+               prompt_codes: int | None = None, stage1_weight: float | None = None) -> dict:
     """Stage 1 alone and (with a checkpoint) stage 1 + rerank on a set's test split, threshold from dev.
 
     `prompt_codes` overrides the checkpoint's codes per prompt: full-label-space descriptions are
     longer than a -50 set's, so a prompt of 50 of them may leave no room for the note.
+    `stage1_weight` fixes the fusion weight (0: the reranker alone); by default it is tuned on dev.
 
-    Writes OUT/faiss-stage1/ and OUT/faiss+kept-rerank/ (metrics.json + test_scores.npz, the run
-    layout `kept report` reads) and OUT/reranked_{dev,test}.parquet; returns {system: metrics.json}.
+    Writes OUT/faiss-stage1/, OUT/faiss+kept-rerank/ (fused) and OUT/kept-rerank-alone/ (metrics.json
+    + test_scores.npz, the run layout `kept report` reads) and OUT/reranked_{dev,test}.parquet;
+    returns {system: metrics.json}.
     """
-    from coder.data.datasets import label_matrix, read_codes, read_split
+    from coder.data.datasets import read_codes, read_split
 
+    if stage1_weight is not None and not 0.0 <= stage1_weight <= 1.0:
+        raise KeptError(f"--stage1-weight must be in [0, 1], got {stage1_weight}")
     cdir = Path(candidates_dir)
     cdir = cdir.parent if cdir.is_file() else cdir
     set_dir, out = Path(set_dir), Path(out_dir)
     label_space = read_codes(set_dir)
-    meta_file = set_dir.parent / "dataset.json"
-    source = json.loads(meta_file.read_text(encoding="utf-8")).get("source", "unknown") if meta_file.is_file() \
-        else "unknown"
-    coder = None
-    if checkpoint is not None:
-        from coder.models.prompts import code_descriptions
-        from coder.models.scorer import load_coder
-
-        coder = load_coder(checkpoint, device)
-        if prompt_codes:
-            coder.config.prompt_codes = prompt_codes
-        from coder.candidate_training import warn_if_rerank_differs
-
-        warn_if_rerank_differs(checkpoint, coder.config, k)  # a reranker trained on candidates: same prompts?
-        missing = [c for c in label_space if c not in coder.descriptions]
-        descriptions = {**code_descriptions(missing, coder.config.graph), **coder.descriptions}
-    per_split: dict[str, dict] = {}
+    coder, descriptions = _load_reranker(checkpoint, device, prompt_codes, k, label_space)
     loaded = {}
     for split in ("dev", "test"):  # both splits read and checked before any scoring
         docs = read_split(set_dir, split)[:max_docs]
@@ -198,44 +190,94 @@ def run_rerank(candidates_dir: str | Path, set_dir: str | Path, out_dir: str | P
         loaded[split] = (docs, *candidate_lists(cands, [d.hadm_id for d in docs], k, label_space))
         if coder is not None:
             check_prompt_room(coder, loaded[split][1], descriptions)
-    for split, (docs, codes, s1) in loaded.items():
-        y = label_matrix(docs, label_space)
-        s1m, mask = merge_scores(codes, [stage1_probability(s) for s in s1], label_space)
-        entry = {"docs": docs, "y": y, "mask": mask, STAGE1_SYSTEM: s1m}
-        if coder is not None:
-            t0 = time.perf_counter()
-            s2 = rerank_scores(coder, [d.text for d in docs], codes, descriptions, progress)
-            entry["seconds"] = time.perf_counter() - t0
-            entry[RERANK_SYSTEM] = merge_scores(codes, s2, label_space)[0]
-            _write_reranked(out / f"reranked_{split}.parquet", docs, codes, s1, s2)
-        per_split[split] = entry
-    results = {}
+    per_split = {split: _score_split(docs, codes, s1, label_space, coder, descriptions, progress)
+                 for split, (docs, codes, s1) in loaded.items()}
     dev, test = per_split["dev"], per_split["test"]
-    # Both systems are judged on the coder's graph (bundled ICD-9-CM without a coder or a graph).
+    weight = None
+    if coder is not None:
+        weight = stage1_weight if stage1_weight is not None else _tuned_weight(dev, label_space)
+        for split, entry in per_split.items():
+            fused = fuse(entry["s1"], entry["s2"], weight)
+            entry[RERANK_SYSTEM] = merge_scores(entry["codes"], fused, label_space)[0]
+            # stage1_score as retrieved (cosine); fused_score on the probability scale it was fused on
+            _write_reranked(out / f"reranked_{split}.parquet", entry["docs"], entry["codes"], loaded[split][2],
+                            entry["s2"], fused)
+    meta_file = set_dir.parent / "dataset.json"
+    source = json.loads(meta_file.read_text(encoding="utf-8")).get("source", "unknown") if meta_file.is_file() \
+        else "unknown"
+    # Every system is judged on the coder's graph (bundled ICD-9-CM without a coder or a graph).
     graph = coder.config.graph if coder is not None else None
-    for system in (STAGE1_SYSTEM, RERANK_SYSTEM):
+    results = {}
+    for system in (STAGE1_SYSTEM, RERANK_SYSTEM, RERANK_ALONE_SYSTEM):
         if system not in test:
             continue
         threshold, metrics = evaluate_scores((dev["y"], dev[system], dev["mask"]),
                                              (test["y"], test[system], test["mask"]), ks)
         extra = {"candidates": str(cdir), "top_k": k,
                  "hierarchical": hierarchical_block(test["y"], test[system] >= threshold, label_space, graph)}
-        if system == RERANK_SYSTEM:
+        if system != STAGE1_SYSTEM:
             extra.update(checkpoint=str(checkpoint), rerank_seconds_test=round(test["seconds"], 2),
-                         prompt_codes=coder.config.prompt_codes)
-        seed = coder.config.seed if (coder is not None and system == RERANK_SYSTEM) else 0
+                         prompt_codes=coder.config.prompt_codes, stage1_weight=weight if system == RERANK_SYSTEM else 0.0)
+            if system == RERANK_SYSTEM:
+                extra["stage1_weight_from"] = "dev" if stage1_weight is None else "given"
+        seed = coder.config.seed if (coder is not None and system != STAGE1_SYSTEM) else 0
         _write_run(out / system, system, set_dir.name, seed, threshold, source, metrics, test["y"], test[system],
                    [d.hadm_id for d in test["docs"]], label_space, extra)
         results[system] = json.loads((out / system / "metrics.json").read_text(encoding="utf-8"))
     return results
 
 
+def _load_reranker(checkpoint, device: str, prompt_codes: int | None, k: int, label_space: Sequence[str]):
+    """(coder, descriptions of the whole label space), or (None, {}) without a checkpoint."""
+    if checkpoint is None:
+        return None, {}
+    from coder.candidate_training import warn_if_rerank_differs
+    from coder.models.prompts import code_descriptions
+    from coder.models.scorer import load_coder
+
+    coder = load_coder(checkpoint, device)
+    if prompt_codes:
+        coder.config.prompt_codes = prompt_codes
+    warn_if_rerank_differs(checkpoint, coder.config, k)  # a reranker trained on candidates: same prompts?
+    missing = [c for c in label_space if c not in coder.descriptions]
+    return coder, {**code_descriptions(missing, coder.config.graph), **coder.descriptions}
+
+
+def _score_split(docs, codes: list[list[str]], s1: list[np.ndarray], label_space: Sequence[str], coder,
+                 descriptions: dict[str, str], progress: bool) -> dict:
+    """Labels, candidate mask, stage-1 probabilities and (with a coder) the reranker's, of one split."""
+    from coder.data.datasets import label_matrix
+
+    s1 = [stage1_probability(s) for s in s1]
+    s1m, mask = merge_scores(codes, s1, label_space)
+    entry = {"docs": docs, "y": label_matrix(docs, label_space), "mask": mask, "codes": codes, "s1": s1,
+             STAGE1_SYSTEM: s1m}
+    if coder is not None:
+        t0 = time.perf_counter()
+        entry["s2"] = rerank_scores(coder, [d.text for d in docs], codes, descriptions, progress)
+        entry["seconds"] = time.perf_counter() - t0
+        entry[RERANK_ALONE_SYSTEM] = merge_scores(codes, entry["s2"], label_space)[0]
+    return entry
+
+
+def _tuned_weight(dev: dict, label_space: Sequence[str]) -> float:
+    """The first stage's weight in the fused score, tuned on dev (with its threshold)."""
+    weight, threshold, metrics = tune_fusion(dev["y"], dev["codes"], dev["s1"], dev["s2"], label_space)
+    log.info("fusion: the first stage's weight %.2f (dev micro-F1 %.4f at threshold %.3f)", weight,
+             metrics["micro_f1"], threshold)
+    return weight
+
+
 def _write_reranked(path: Path, docs, codes: Sequence[Sequence[str]], s1: Sequence[np.ndarray],
-                    s2: Sequence[np.ndarray]) -> None:
+                    s2: Sequence[np.ndarray], fused: Sequence[np.ndarray]) -> None:
     n = [len(c) for c in codes]
+
+    def flat(parts):
+        return np.concatenate(parts) if n else []
+
     df = pd.DataFrame({"hadm_id": np.repeat([d.hadm_id for d in docs], n).astype(str),
                        "code": [c for cs in codes for c in cs], "rank": np.concatenate([np.arange(1, m + 1) for m in n]),
-                       "stage1_score": np.concatenate(s1) if n else [], "rerank_score": np.concatenate(s2) if n else []})
+                       "stage1_score": flat(s1), "rerank_score": flat(s2), "fused_score": flat(fused)})
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
 

@@ -175,10 +175,12 @@ def test_candidate_checkpoint_reranks_with_the_dev_threshold_it_was_selected_wit
     assert "candidate_micro_auc" in info["dev_metrics"] and "macro_auc" not in info["dev_metrics"]
     results = run_rerank(cdir, set_dir, tmp_path / "runs", out / "best", k=K, progress=False)
     res = results[RERANK_SYSTEM]
-    # rerank tunes its threshold on the same dev candidates: the one stored at training
+    # rerank tunes its fusion weight and threshold on the same dev candidates: the ones stored at training
+    assert res["stage1_weight"] == rec["stage1_weight"] == info["dev_metrics"]["stage1_weight"]
     assert res["threshold"] == pytest.approx(info["threshold"], abs=1e-5)
     # the dev scores training selected on are the scores rerank computes
     coder = load_coder(out / "best", "cpu")
+    assert coder.stage1_weight == rec["stage1_weight"]
     task = make_task(set_dir, cdir, out / "best")
     mine = task.dev_scores(coder.model, coder.device)
     dev = pd.read_parquet(tmp_path / "runs" / "reranked_dev.parquet")

@@ -34,11 +34,12 @@ def note_blind_micro_f1(set_dir) -> float:
     return all_metrics(y, s, tune_threshold(y, s))["micro_f1"]
 
 
-@pytest.mark.parametrize("head", ["prompt", "label-attention"])
-def test_head_overfits_a_handful_of_notes(head, handful, tiny_longformer_dir, tmp_path):
-    # 60 epochs: the tiny model leaves its plateau after ~15-30 (its timing varies with thread
-    # scheduling), so the margin over the note-blind scorer must not hinge on the last few
-    cfg = load_config(**OVERFIT, head=head, epochs=60, lr=3e-3, head_lr=3e-3)
+@pytest.mark.parametrize("head,lr", [("prompt", 1e-3), ("label-attention", 3e-3)])
+def test_head_overfits_a_handful_of_notes(head, lr, handful, tiny_longformer_dir, tmp_path):
+    # The tiny model leaves its plateau at a time that varies with thread scheduling. For the prompt
+    # head at lr 3e-3 that was epoch 6-19 over seeds, and once (in CI) never; at 1e-3 it was epoch
+    # 9-13 over 12 seeds at 1 and 2 threads, so 60 epochs leave a wide margin.
+    cfg = load_config(**OVERFIT, head=head, epochs=60, lr=lr, head_lr=lr)
     summary = train_coder(handful, tiny_longformer_dir, tmp_path / head, cfg)
     losses = [h["train_loss"] for h in summary["history"]]
     f1 = [round(h["dev"]["micro_f1"], 3) for h in summary["history"]]

@@ -144,3 +144,26 @@ def test_predict_with_index_prints_evidence(coder_dir, index_dir, tmp_path, caps
     assert {"code", "probability", "description", "evidence", "start", "end", "stage1_score"} <= set(rows[0])
     assert main(args) == 0
     assert "evidence [" in capsys.readouterr().out
+
+
+def test_predict_with_a_candidate_reranker_prints_the_fused_score(coder_dir, index_dir, tmp_path):  # noqa: F811
+    """A reranker trained on candidates stores its dev-tuned fusion weight; predict scores as rerank does."""
+    import shutil
+
+    from coder.predict import predict_with_index
+    from coder.retrieval.candidates import RetrieveConfig
+
+    reranker = tmp_path / "reranker"
+    shutil.copytree(coder_dir, reranker)
+    info = json.loads((reranker / "kept_coder.json").read_text())
+    info["candidate_training"] = {"stage1_weight": 0.4}
+    (reranker / "kept_coder.json").write_text(json.dumps(info))
+    text = "Admitted with acute kidney failure and atrial fibrillation; home on day three."
+    cfg = RetrieveConfig(top_k=6, method="lexical")
+    alone = {p.code: p for p in predict_with_index(coder_dir, index_dir, text, cfg, threshold=0)}
+    fused = predict_with_index(reranker, index_dir, text, cfg, threshold=0)
+    assert {p.code for p in fused} == set(alone)
+    for p in fused:
+        a = alone[p.code]
+        assert p.stage1_score == a.stage1_score
+        assert p.probability == pytest.approx(0.4 * (1 + a.stage1_score) / 2 + 0.6 * a.probability, abs=1e-6)

@@ -95,11 +95,11 @@ def full_set(tmp_path_factory):
 def test_rerank_end_to_end(coder_dir, full_set, tmp_path):
     from coder.data.datasets import read_split
     from coder.models.scorer import load_coder, score_codes
-    from coder.retrieval.rerank import RERANK_SYSTEM, STAGE1_SYSTEM, run_rerank
+    from coder.retrieval.rerank import RERANK_ALONE_SYSTEM, RERANK_SYSTEM, STAGE1_SYSTEM, run_rerank
 
     set_dir, cdir = full_set
     results = run_rerank(cdir, set_dir, tmp_path / "runs", coder_dir, k=6, progress=False)
-    assert set(results) == {STAGE1_SYSTEM, RERANK_SYSTEM}
+    assert set(results) == {STAGE1_SYSTEM, RERANK_SYSTEM, RERANK_ALONE_SYSTEM}
     space = (set_dir / "codes.txt").read_text().split()
     for system, res in results.items():
         assert res["system"] == system and res["split"] == "test" and res["data_source"] == "fixture"
@@ -125,9 +125,29 @@ def test_rerank_end_to_end(coder_dir, full_set, tmp_path):
 
     desc = {**code_descriptions(["V45.81", "428.1"]), **coder.descriptions}
     direct = score_codes(coder.model, coder.tokenizer, doc.text, cands, desc, coder.config, coder.device)
-    npz = np.load(tmp_path / "runs" / RERANK_SYSTEM / "test_scores.npz")
+    npz = np.load(tmp_path / "runs" / RERANK_ALONE_SYSTEM / "test_scores.npz")
     row = npz["hadm_ids"].tolist().index(doc.hadm_id)
-    np.testing.assert_allclose(npz["y_score"][row, [space.index(c) for c in cands]], direct, atol=1e-5)
+    cols = [space.index(c) for c in cands]
+    np.testing.assert_allclose(npz["y_score"][row, cols], direct, atol=1e-5)
+    # the fused system: the dev-tuned weight of stage 1's probability, (1 + cos) / 2, plus the rest of the coder's
+    w = results[RERANK_SYSTEM]["stage1_weight"]
+    assert results[RERANK_SYSTEM]["stage1_weight_from"] == "dev" and results[RERANK_ALONE_SYSTEM]["stage1_weight"] == 0
+    stage1 = (1 + np.linspace(0.9, 0.1, 9)[:6]) / 2
+    fused = np.load(tmp_path / "runs" / RERANK_SYSTEM / "test_scores.npz")["y_score"][row, cols]
+    np.testing.assert_allclose(fused, w * stage1 + (1 - w) * np.asarray(direct), atol=1e-5)
+
+
+def test_rerank_with_a_given_stage1_weight(coder_dir, full_set, tmp_path):
+    from coder.retrieval.rerank import RERANK_ALONE_SYSTEM, RERANK_SYSTEM, run_rerank
+    from kept.errors import KeptError
+
+    set_dir, cdir = full_set
+    results = run_rerank(cdir, set_dir, tmp_path / "runs", coder_dir, k=6, progress=False, stage1_weight=0.0)
+    assert results[RERANK_SYSTEM]["stage1_weight"] == 0.0 and results[RERANK_SYSTEM]["stage1_weight_from"] == "given"
+    assert results[RERANK_SYSTEM]["metrics"] == results[RERANK_ALONE_SYSTEM]["metrics"]
+    with pytest.raises(KeptError, match="stage1-weight"):
+        run_rerank(cdir, set_dir, tmp_path / "bad", coder_dir, k=6, progress=False, stage1_weight=1.5)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_rerank_cli_stage1_only(full_set, tmp_path, capsys):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from coder.config import CoderConfig
-from coder.models.checkpoint import CODER_FILE, read_coder_file
+from coder.models.checkpoint import CODER_FILE, RECORD_KEY, read_coder_file
 from coder.models.prompts import (MIN_NOTE_TOKENS, EncodedPrompt, Example, _end_id, build_input, chunk_codes, collate,
                            encode_note, encode_prompt, make_batches)
 from kept.device import amp_dtype, autocast
@@ -40,8 +40,6 @@ __all__ = ["CandidateSpec", "spec_from_args", "CandidateExample", "SplitCandidat
            "RECORD_KEY"]
 
 log = logging.getLogger(__name__)
-
-RECORD_KEY = "candidate_training"  # kept_coder.json: how the reranker was trained
 
 
 @dataclass

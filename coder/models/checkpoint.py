@@ -12,9 +12,10 @@ from coder.config import CoderConfig
 from kept.errors import InputFileError
 from kept.io import atomic_dir, atomic_write, dump_json
 
-__all__ = ["CODER_FILE", "write_coder_file", "read_coder_file", "save_coder"]
+__all__ = ["CODER_FILE", "RECORD_KEY", "write_coder_file", "read_coder_file", "save_coder"]
 
 CODER_FILE = "kept_coder.json"
+RECORD_KEY = "candidate_training"  # kept_coder.json: how a reranker was trained on candidates
 
 
 def write_coder_file(out_dir: str | Path, config: CoderConfig, codes: list[str], descriptions: dict[str, str],

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from coder.config import CoderConfig
-from coder.models.checkpoint import read_coder_file
+from coder.models.checkpoint import RECORD_KEY, read_coder_file
 from coder.models.prompt_coder import PromptCoder
 from coder.models.prompts import EncodedPrompt, Example, build_examples, build_prompts, collate, make_batches
 from coder.models.verbalizer import build_verbalizer
@@ -72,8 +72,9 @@ def load_coder(path: str | Path, device: str = "auto") -> Coder:
     model = build_scorer(info["head"], path, tokenizer, info["verbalizer"], config.verbalizer_form)
     dev = resolve_device(device if device != "auto" else config.device)
     model.to(dev).eval()
+    stage1_weight = float(info.get(RECORD_KEY, {}).get("stage1_weight", 0.0))
     return Coder(model, tokenizer, config, info["codes"], info["descriptions"], info["threshold"], dev,
-                 effective_max_length(model, config), float(info.get("candidate_training", {}).get("stage1_weight", 0.0)))
+                 effective_max_length(model, config), stage1_weight)
 
 
 def note_views(config: CoderConfig, texts: Sequence[str], prompts: list[EncodedPrompt]) -> list[list[str]] | None:
